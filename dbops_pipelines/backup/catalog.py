@@ -1,0 +1,95 @@
+"""What is in the store: every backup of every target, valid (manifest present) or not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from dbops_pipelines.backup.manifest import MANIFEST_NAME, BackupManifest, manifest_key
+from dbops_pipelines.backup.retention import BackupRecord
+from dbops_pipelines.errors import StorageError
+from dbops_pipelines.storage.base import BackupStore, ObjectInfo
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    backup_id: str
+    target: str
+    status: str                      # valid | incomplete
+    started_at: datetime
+    keys: tuple[str, ...]            # every object under the backup's prefix
+    manifest: BackupManifest | None
+    size_bytes: int = 0              # all objects under the prefix
+
+    @property
+    def valid(self) -> bool:
+        return self.status == "valid"
+
+    def to_record(self) -> BackupRecord:
+        return BackupRecord(self.backup_id, self.target, self.started_at, self.valid)
+
+    def to_dict(self) -> dict:
+        m = self.manifest
+        return {
+            "id": self.backup_id, "target": self.target, "status": self.status,
+            "kind": m.kind if m else None,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": m.finished_at if m else None,
+            "size_bytes": m.stored_bytes if m else self.size_bytes,
+            "raw_bytes": m.raw_bytes if m else None,
+            "location": m.location if m else None,
+            "sha256": m.sha256 if m else None,
+            "key_id": m.key_id if m else None,
+            "tables": len(m.table_rows) if m else None,
+            "total_rows": m.total_rows if m else None,
+        }
+
+
+def _started_from_id(backup_id: str, fallback: datetime) -> datetime:
+    # ids look like <target>-<YYYYmmddTHHMMSSZ>-<hex>; fall back to the object's mtime.
+    try:
+        stamp = backup_id.rsplit("-", 2)[-2]
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except (IndexError, ValueError):
+        return fallback
+
+
+def list_backups(store: BackupStore, target: str | None = None) -> list[BackupEntry]:
+    """Newest first. A backup whose manifest cannot be read is reported as incomplete."""
+    groups: dict[tuple[str, str], list[ObjectInfo]] = {}
+    for obj in store.list(f"{target}/" if target else ""):
+        parts = obj.key.split("/")
+        if len(parts) < 3:
+            continue
+        groups.setdefault((parts[0], parts[1]), []).append(obj)
+    entries = []
+    for (tgt, bid), objs in groups.items():
+        names = {o.key.split("/", 2)[2] for o in objs}
+        manifest = None
+        if MANIFEST_NAME in names:
+            try:
+                manifest = BackupManifest.from_json(store.get_bytes(manifest_key(tgt, bid)))
+            except (StorageError, ValueError, TypeError):
+                manifest = None
+        started = datetime.fromisoformat(manifest.started_at) if manifest else _started_from_id(bid, min(o.modified for o in objs))
+        entries.append(BackupEntry(bid, tgt, "valid" if manifest else "incomplete", started,
+                                   tuple(sorted(o.key for o in objs)), manifest,
+                                   sum(o.size for o in objs)))
+    return sorted(entries, key=lambda e: (e.started_at, e.backup_id), reverse=True)
+
+
+def find_backup(store: BackupStore, backup_id: str) -> BackupEntry:
+    target = backup_id.rsplit("-", 2)[0] if backup_id.count("-") >= 2 else None
+    for entry in list_backups(store, target):
+        if entry.backup_id == backup_id:
+            if not entry.valid:
+                raise StorageError(f"backup {backup_id} is incomplete (no manifest)", "it cannot be restored; pick a valid backup from `dbops backups list`")
+            return entry
+    raise StorageError(f"backup {backup_id} not found", "run `dbops backups list` to see the backups in the store")
+
+
+def delete_backup(store: BackupStore, entry: BackupEntry) -> None:
+    """Manifest first: an interrupted delete leaves an incomplete backup, never a valid one with missing data."""
+    ordered = sorted(entry.keys, key=lambda k: not k.endswith(MANIFEST_NAME))
+    for key in ordered:
+        store.delete(key)

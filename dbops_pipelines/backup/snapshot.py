@@ -1,0 +1,126 @@
+"""What the database looks like inside the dump's own snapshot: which tables are dumped, their
+exact row counts, and a schema fingerprint restore verification compares against.
+
+The backup opens a REPEATABLE READ transaction, exports its snapshot for ``pg_dump --snapshot``
+and counts rows in that same snapshot, so counts describe exactly the data in the dump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import psycopg
+from psycopg import sql
+
+from dbops_pipelines.errors import BackupFailed
+
+USER_TABLES_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+  AND n.nspname NOT LIKE 'pg_temp%%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+# Each query returns (kind, name, detail) rows; names are schema-qualified, nothing depends on OIDs,
+# so the same schema restored elsewhere gives the same fingerprint.
+_USER_NS = "n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%'"
+_NOT_EXT = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')"
+FINGERPRINT_QUERIES = {
+    "tables": f"""SELECT n.nspname||'.'||c.relname, c.relkind::text ||
+                  CASE WHEN c.relrowsecurity THEN ' rls' ELSE '' END ||
+                  CASE WHEN c.relforcerowsecurity THEN ' forced' ELSE '' END
+                  FROM pg_class c JOIN pg_namespace n ON n.oid=c.relnamespace
+                  WHERE c.relkind IN ('r','p','v','m','S','f') AND {_USER_NS} AND {_NOT_EXT}""",
+    "columns": f"""SELECT n.nspname||'.'||c.relname||'.'||a.attname,
+                   format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END ||
+                   coalesce(' default '||pg_get_expr(ad.adbin, ad.adrelid), '')
+                   FROM pg_attribute a JOIN pg_class c ON c.oid=a.attrelid JOIN pg_namespace n ON n.oid=c.relnamespace
+                   LEFT JOIN pg_attrdef ad ON ad.adrelid=a.attrelid AND ad.adnum=a.attnum
+                   WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f')
+                   AND {_USER_NS} AND {_NOT_EXT}""",
+    "indexes": f"""SELECT n.nspname||'.'||c.relname, pg_get_indexdef(c.oid)
+                   FROM pg_class c JOIN pg_namespace n ON n.oid=c.relnamespace
+                   WHERE c.relkind IN ('i','I') AND {_USER_NS} AND {_NOT_EXT}""",
+    "constraints": f"""SELECT n.nspname||'.'||c.relname||'.'||con.conname, pg_get_constraintdef(con.oid)
+                   FROM pg_constraint con JOIN pg_class c ON c.oid=con.conrelid JOIN pg_namespace n ON n.oid=c.relnamespace
+                   WHERE {_USER_NS} AND {_NOT_EXT}""",
+    "policies": """SELECT schemaname||'.'||tablename||'.'||policyname,
+                   permissive||' '||array_to_string(roles, ',')||' '||cmd||' using('||coalesce(qual,'')||') check('||coalesce(with_check,'')||')'
+                   FROM pg_policies""",
+    "extensions": "SELECT extname, extversion FROM pg_extension",
+}
+
+
+def qualified(schema: str, name: str) -> str:
+    return f"{schema}.{name}"
+
+
+def split_table(name: str) -> tuple[str, str]:
+    """'public.users' -> ('public', 'users'); a bare name means schema public."""
+    schema, _, table = name.rpartition(".")
+    return (schema or "public"), table
+
+
+def pg_dump_pattern(name: str) -> str:
+    """Quote a table name for pg_dump -t/--exclude-table-data so it matches literally."""
+    schema, table = split_table(name)
+    return '"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""'))
+
+
+def schema_fingerprint(conn: psycopg.Connection) -> dict:
+    """Sorted descriptions of every schema object, per category, plus a sha256 over all of them."""
+    detail: dict[str, dict[str, str]] = {}
+    for category, query in FINGERPRINT_QUERIES.items():
+        rows = conn.execute(query).fetchall()
+        detail[category] = {name: desc for name, desc in sorted(rows)}
+    digest = hashlib.sha256(json.dumps(detail, sort_keys=True).encode()).hexdigest()
+    return {"sha256": digest, **detail}
+
+
+def user_tables(conn: psycopg.Connection) -> list[str]:
+    return [qualified(s, t) for s, t in conn.execute(USER_TABLES_SQL).fetchall()]
+
+
+def tables_in_dump(conn: psycopg.Connection, kind: str, selected: list[str], excluded_data: list[str]) -> list[str]:
+    """Tables whose rows the dump will contain, validating the operator's table names."""
+    existing = user_tables(conn)
+    if kind == "schema":
+        return []
+    wanted = [qualified(*split_table(t)) for t in selected]
+    unknown = [t for t in wanted + [qualified(*split_table(t)) for t in excluded_data] if t not in existing]
+    if unknown:
+        raise BackupFailed(
+            f"table(s) not found in the database: {', '.join(unknown)}",
+            "check the names (schema.table, case-sensitive) in --table or the target's tables/exclude_table_data",
+        )
+    if kind == "tables":
+        if not wanted:
+            raise BackupFailed("a 'tables' backup needs at least one table", "pass --table schema.table (repeatable)")
+        return sorted(set(wanted))
+    excluded = {qualified(*split_table(t)) for t in excluded_data}
+    return [t for t in existing if t not in excluded]
+
+
+def count_rows(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
+    """Exact row counts in the connection's current snapshot.
+
+    row_security is off, as in pg_dump: if a policy would hide rows from the backup role, the
+    count fails loudly instead of silently matching a dump that is missing rows.
+    """
+    counts: dict[str, int] = {}
+    for name in tables:
+        schema, table = split_table(name)
+        query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        try:
+            counts[name] = conn.execute(query).fetchone()[0]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise BackupFailed(
+                f"cannot read {name}: {exc}".strip(),
+                "the backup role must be a superuser or have BYPASSRLS and SELECT on every table",
+            ) from None
+    return counts

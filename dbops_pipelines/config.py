@@ -1,0 +1,172 @@
+"""Fleet configuration from dbops.yaml plus the environment, and the one DSN redaction helper.
+
+Secrets never live in dbops.yaml: the encryption key comes from an environment variable named
+in the file, database passwords from the environment (PGPASSWORD) or a PGPASSFILE, and S3
+credentials from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dbops_pipelines.backup.retention import RetentionPolicy
+from dbops_pipelines.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "dbops.yaml"
+BackupKind = Literal["full", "schema", "tables"]
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@/\s]*)(?P<tail>@)", re.I)
+_PASSWORD_KV = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def redact(text: str) -> str:
+    """Remove passwords from DSNs and key=value connection strings anywhere in ``text``.
+
+    Used on everything that leaves the process: logs, metadata, exceptions, CLI output.
+    """
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    return _PASSWORD_KV.sub(lambda m: f"{m['head']}***", text)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetentionSettings(_Strict):
+    keep_daily: int = Field(7, ge=0)
+    keep_weekly: int = Field(4, ge=0)
+    keep_monthly: int = Field(12, ge=0)
+    min_age_days: int = Field(30, ge=0)
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(**self.model_dump())
+
+
+class StorageSettings(_Strict):
+    url: str = "file://./backups"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        scheme = urlsplit(v).scheme
+        if scheme not in ("file", "s3"):
+            raise ValueError(f"storage.url must start with file:// or s3://, got {v!r}")
+        return v
+
+
+class EncryptionSettings(_Strict):
+    key_env: str = "DBOPS_BACKUP_KEY"
+    # Keys still needed to read older backups after a rotation; never used to write.
+    previous_key_envs: list[str] = []
+
+
+class TargetSettings(_Strict):
+    dsn: str
+    kind: BackupKind = "full"
+    tables: list[str] = []            # for kind=tables
+    exclude_table_data: list[str] = []  # schema kept, rows left out (e.g. huge logs)
+    schedule: str | None = None
+    timezone: str | None = None
+    retention: RetentionSettings | None = None
+    server: str | None = None         # concurrency group; defaults to host:port of the DSN
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        if redact(v) != v:
+            raise ValueError(
+                "the DSN contains a password; remove it and supply it through PGPASSWORD or a PGPASSFILE"
+            )
+        return v
+
+
+class Defaults(_Strict):
+    schedule: str = "0 2 * * *"
+    timezone: str = "UTC"
+    retention: RetentionSettings = RetentionSettings()
+    max_backups_per_server: int = Field(1, ge=1)
+    connect_retries: int = Field(3, ge=0)
+    pg_bin_dir: str | None = None
+
+
+class FleetConfig(_Strict):
+    storage: StorageSettings = StorageSettings()
+    encryption: EncryptionSettings = EncryptionSettings()
+    defaults: Defaults = Defaults()
+    targets: dict[str, TargetSettings] = {}
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, v: dict[str, TargetSettings]) -> dict[str, TargetSettings]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+                raise ValueError(
+                    f"target name {name!r} must be lower-case letters, digits and _ (it names partitions and storage paths)"
+                )
+        return v
+
+    def target(self, name: str) -> TargetSettings:
+        try:
+            return self.targets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.targets)) or "none"
+            raise ConfigError(f"unknown target {name!r}", f"targets in the config: {known}") from None
+
+    def schedule_for(self, name: str) -> tuple[str, str]:
+        t = self.target(name)
+        return t.schedule or self.defaults.schedule, t.timezone or self.defaults.timezone
+
+    def retention_for(self, name: str) -> RetentionPolicy:
+        t = self.target(name)
+        return (t.retention or self.defaults.retention).policy()
+
+    def server_of(self, name: str) -> str:
+        t = self.target(name)
+        if t.server:
+            return t.server
+        parts = urlsplit(t.dsn)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("DBOPS_CONFIG", DEFAULT_CONFIG_PATH))
+
+
+def load_config(path: str | Path | None = None) -> FleetConfig:
+    path = Path(path) if path else config_path()
+    if not path.exists():
+        raise ConfigError(
+            f"config file {path} not found",
+            "create it (see docs/configuration.md) or point DBOPS_CONFIG at it",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", "fix the syntax error") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> FleetConfig:
+    try:
+        cfg = FleetConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {redact(e['msg'])}" for e in exc.errors()
+        )
+        raise ConfigError(f"{source} is invalid: {problems}", "fix the listed keys (docs/configuration.md)") from None
+    # Relative file:// paths are relative to the config file, so the demo and tests are portable.
+    if cfg.storage.url.startswith("file://") and source != "config":
+        loc = cfg.storage.url[len("file://"):]
+        if not loc.startswith("/"):
+            base = Path(source).resolve().parent
+            cfg.storage.url = "file://" + str((base / loc).resolve())
+    return cfg

@@ -1,0 +1,39 @@
+"""One exception family for the core, so the CLI and Dagster layers can report any failure
+the same way: what went wrong, and what the operator should do about it."""
+
+
+class DbopsError(Exception):
+    """A failure an operator can act on. ``hint`` says what to do next."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}\n  -> {hint}" if hint else message)
+
+
+class ConfigError(DbopsError):
+    """dbops.yaml or the environment is wrong; nothing was attempted."""
+
+
+class EncryptionKeyError(DbopsError):
+    """The encryption key is missing, malformed, or not the one a backup was written with."""
+
+
+class DatabaseUnreachable(DbopsError):
+    """The target database could not be reached after retries."""
+
+
+class BackupFailed(DbopsError):
+    """A backup did not complete; nothing was recorded as a valid backup."""
+
+
+class StorageError(DbopsError):
+    """The backup store failed (after retries) or holds something unexpected."""
+
+
+class IntegrityError(DbopsError):
+    """A stored backup failed authentication or checksum: corrupted, truncated or wrong key."""
+
+
+class RestoreFailed(DbopsError):
+    """pg_restore failed or was stopped; see the message for what was (not) written."""

@@ -1,0 +1,1 @@
+"""Throwaway local services (PostgreSQL cluster, SeaweedFS S3) for tests and local development."""
