@@ -93,8 +93,10 @@ class Defaults(_Strict):
     schedule: str = "0 2 * * *"
     timezone: str = "UTC"
     retention: RetentionSettings = RetentionSettings()
-    max_backups_per_server: int = Field(1, ge=1)
-    connect_retries: int = Field(3, ge=0)
+    connect_retries: int = Field(3, ge=0)     # quick reconnects inside one attempt
+    run_retries: int = Field(3, ge=0)         # Dagster retries of a run after a transient failure
+    retry_delay_seconds: int = Field(60, ge=0)  # doubled on every retry
+    owners: list[str] = ["team:dbops"]
     pg_bin_dir: str | None = None
 
 

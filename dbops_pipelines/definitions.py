@@ -1,0 +1,27 @@
+"""Assembles the Dagster layer from dbops.yaml ($DBOPS_CONFIG, default ./dbops.yaml).
+
+A config that cannot be loaded makes the code location fail to load with the config error's
+message, visible in the UI: loud, rather than a fleet silently without backups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from dbops_pipelines.config import config_path, load_config
+from dbops_pipelines.defs.backups import build_backup_defs
+from dbops_pipelines.defs.resources import DbopsFleet
+
+
+def build_definitions(path: str | Path | None = None) -> dg.Definitions:
+    path = str(path or config_path())
+    cfg = load_config(path)
+    return dg.Definitions.merge(
+        build_backup_defs(cfg),
+        dg.Definitions(resources={"dbops": DbopsFleet(config_path=path)}),
+    )
+
+
+defs = build_definitions()
