@@ -47,3 +47,62 @@ def fresh_db(pg_cluster):
     pg_cluster.create_database(name)
     yield name
     pg_cluster.drop_database(name, force=True)
+
+
+# --- backup fixtures -------------------------------------------------------------------------
+
+import base64  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+from dbops_pipelines.backup.crypto import key_from_env  # noqa: E402
+from dbops_pipelines.config import load_config  # noqa: E402
+from dbops_pipelines.sample.appdb import build_sample_database  # noqa: E402
+
+SAMPLE_ROWS = 2000
+KEY_ENV = "DBOPS_TEST_BACKUP_KEY"
+
+
+@pytest.fixture(scope="session")
+def sample_app(pg_cluster) -> dict:
+    """The sample application database ("app", rows=2000) on the throwaway cluster; read-only for tests."""
+    pg_cluster.create_database("app")
+    counts = build_sample_database(pg_cluster.dsn("app"), SAMPLE_ROWS, seed=42)
+    return {"dsn": pg_cluster.dsn("app"), "counts": counts}
+
+
+@pytest.fixture
+def backup_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    return key_from_env(KEY_ENV)
+
+
+@pytest.fixture
+def s3_env(seaweed, monkeypatch):
+    """S3 credentials for boto3, as an operator would export them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweed.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweed.secret_key)
+    return seaweed
+
+
+@pytest.fixture
+def write_config(tmp_path, backup_key, monkeypatch):
+    """Factory: write a dbops.yaml (targets -> dsn, storage url) and point DBOPS_CONFIG at it."""
+
+    def write(targets: dict, storage: dict | None = None, **extra) -> Path:
+        raw = {
+            "storage": storage or {"url": f"file://{tmp_path / 'store'}"},
+            "encryption": {"key_env": KEY_ENV},
+            "defaults": {"connect_retries": 1, "run_retries": 0, "retry_delay_seconds": 0},
+            "targets": {name: ({"dsn": t} if isinstance(t, str) else t) for name, t in targets.items()},
+            **extra,
+        }
+        path = tmp_path / "dbops.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        monkeypatch.setenv("DBOPS_CONFIG", str(path))
+        load_config(path)  # fail here, not in the test, if the fixture wrote something invalid
+        return path
+
+    return write
