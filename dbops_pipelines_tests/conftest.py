@@ -94,8 +94,8 @@ def write_config(tmp_path, backup_key, monkeypatch):
     def write(targets: dict, storage: dict | None = None, **extra) -> Path:
         raw = {
             "storage": storage or {"url": f"file://{tmp_path / 'store'}"},
-            "encryption": {"key_env": KEY_ENV},
-            "defaults": {"connect_retries": 1, "run_retries": 0, "retry_delay_seconds": 0},
+            "encryption": extra.pop("encryption", {"key_env": KEY_ENV}),
+            "defaults": {"connect_retries": 1, "run_retries": 0, "retry_delay_seconds": 0, **extra.pop("defaults", {})},
             "targets": {name: ({"dsn": t} if isinstance(t, str) else t) for name, t in targets.items()},
             **extra,
         }
