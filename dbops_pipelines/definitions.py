@@ -24,4 +24,8 @@ def build_definitions(path: str | Path | None = None) -> dg.Definitions:
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    # Built when Dagster loads the code location, not on import, so tests and tools can import
+    # build_definitions without a dbops.yaml in the working directory.
+    return build_definitions()
