@@ -1,0 +1,77 @@
+"""The README's demo, end to end: webserver and daemon up, a backup launched through the
+GraphQL API (as the UI does) succeeds, and Ctrl-C stops everything the demo started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from dbops_pipelines.localdev.ports import free_port
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)["data"]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_demo_serves_ui_runs_a_backup_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    demo = subprocess.Popen([sys.executable, "-m", "dbops_pipelines.localdev.demo", "--dir", str(tmp_path / "demo"),
+                             "--rows", "500", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output: list[str] = []
+    try:
+        def ready():
+            line = demo.stdout.readline()
+            output.append(line)
+            assert demo.poll() is None or line, "".join(output)
+            return f"Dagster UI: {url}" in line
+        wait_for(ready, 180, "the demo to print the UI address")
+
+        loc = graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }")
+        location = loc["workspaceOrError"]["locationEntries"][0]["name"]
+        launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+                __typename ... on LaunchRunSuccess { run { runId } } } }""",
+                           {"p": {"selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
+                                               "jobName": "backup_app"}, "runConfigData": {}}})
+        run_id = launched["launchRun"]["run"]["runId"]
+
+        def finished():
+            status = graphql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
+                             {"id": run_id})["runOrError"]["status"]
+            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+        assert wait_for(finished, 180, "the backup run") == "SUCCESS"
+        assert any((tmp_path / "demo" / "backups" / "app").glob("*/manifest.json"))
+        schedules = graphql(url, """{ repositoryOrError(repositorySelector: {repositoryLocationName: "%s",
+            repositoryName: "__repository__"}) { ... on Repository { schedules { name scheduleState { status } } } } }""" % location)
+        assert {"name": "backup_app_schedule", "scheduleState": {"status": "RUNNING"}} in schedules["repositoryOrError"]["schedules"]
+    finally:
+        os.kill(demo.pid, signal.SIGINT)
+        try:
+            demo.wait(timeout=60)
+        finally:
+            if demo.poll() is None:
+                os.killpg(demo.pid, signal.SIGKILL)
+    rest = demo.stdout.read()
+    assert "demo stopped" in rest, "".join(output) + rest
+    for pattern in (str(tmp_path / "demo"), f"-p {port}", f"--port {port}"):  # postgres, dagster dev, webserver
+        leftovers = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+        assert leftovers == "", leftovers
