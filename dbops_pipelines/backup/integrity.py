@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dbops_pipelines.backup.crypto import BackupKey
 from dbops_pipelines.backup.manifest import BackupManifest
+from dbops_pipelines.backup.snapshot import split_table
 from dbops_pipelines.errors import IntegrityError
 from dbops_pipelines.pgtools import find_binary
 from dbops_pipelines.restore import open_dump_stream
@@ -21,21 +22,33 @@ class IntegrityReport:
     backup_id: str
     raw_bytes: int
     toc_entries: int
-    tables_with_data: tuple[str, ...]   # "schema.table" of every TABLE DATA entry
+    tables_with_data: tuple[str, ...]   # manifest tables whose TABLE DATA entry is in the archive
 
 
 def _parse_toc(listing: str) -> tuple[int, list[str]]:
+    """Entry count and the "schema name owner" text of every TABLE DATA line.
+
+    pg_restore prints names unquoted, so a name with spaces cannot be split reliably; callers
+    match known "schema table" prefixes instead of parsing names out.
+    """
     entries, data = 0, []
     for line in listing.splitlines():
         if not line or line.startswith(";"):
             continue
         entries += 1
-        # e.g. "3345; 0 16390 TABLE DATA public users postgres"
-        head, _, rest = line.partition(" TABLE DATA ")
+        _, _, rest = line.partition(" TABLE DATA ")  # e.g. "3345; 0 16390 TABLE DATA public users postgres"
         if rest:
-            schema, table = rest.split()[:2]
-            data.append(f"{schema}.{table}")
-    return entries, sorted(data)
+            data.append(rest)
+    return entries, data
+
+
+def tables_with_data(listing_data: list[str], tables: list[str]) -> tuple[list[str], list[str]]:
+    """(found, missing) of ``tables`` ("schema.table") among TABLE DATA entries."""
+    found, missing = [], []
+    for name in tables:
+        schema, table = split_table(name)
+        (found if any(rest.startswith(f"{schema} {table} ") for rest in listing_data) else missing).append(name)
+    return found, missing
 
 
 def check_backup(store: BackupStore, manifest: BackupManifest, keys: Iterable[BackupKey], pg_bin_dir: str | None = None) -> IntegrityReport:
@@ -71,11 +84,10 @@ def check_backup(store: BackupStore, manifest: BackupManifest, keys: Iterable[Ba
             "the archive is unreadable; restore from another backup",
         )
     entries, data = _parse_toc(out["stdout"].decode(errors="replace"))
-    expected = sorted(manifest.table_rows)
-    missing = sorted(set(expected) - set(data))
+    found, missing = tables_with_data(data, sorted(manifest.table_rows))
     if missing:
         raise IntegrityError(
             f"backup {manifest.backup_id}: the archive has no data for {', '.join(missing)} although the manifest counts rows for them",
             "do not rely on this backup; take a new one and investigate",
         )
-    return IntegrityReport(manifest.backup_id, raw, entries, tuple(data))
+    return IntegrityReport(manifest.backup_id, raw, entries, tuple(found))

@@ -1,0 +1,558 @@
+"""Backup pipeline benchmark: dbops `run_backup` against plain `pg_dump`, on a real cluster.
+
+    .venv/bin/python benchmarks/backup_bench.py --size-mb 1200 [--datasets app,pgbench]
+        [--work DIR] [--skip-s3] [--keep] [--json FILE] [--profile]
+
+It starts its own PostgreSQL 15 cluster (fsync=on) and SeaweedFS S3 service under the work
+directory (default benchmarks/.work/, removed at the end unless --keep), builds one database per
+dataset sized to about --size-mb of `pg_dump -Fc -Z0` output, warms the cache with one
+`pg_dump -Fc -Z0 > /dev/null`, then runs each measurement once, each in its own child process
+whose peak RSS is read from os.wait4:
+
+  (a)  pg_dump -Fc -f FILE DB                    gzip level 6, what runbooks do
+  (b)  pg_dump -Fc -Z0 DB > /dev/null            the read ceiling
+  (b2) pg_dump -Fc -Z0 DB | zstd -1 -T2 > /dev/null   (only if the zstd CLI exists)
+  (c)  run_backup -> LocalStore                  the full pipeline (zstd, AES-GCM, sha256, fsync)
+  (d)  run_backup -> S3Store (SeaweedFS)         the full pipeline to S3
+  (u)  boto3 upload_fileobj of a random file as big as (c)'s stored bytes, to the same store
+
+See docs/benchmarks.md for what the numbers mean and the goals they are checked against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MIB = 1 << 20
+APP_BYTES_PER_ROW = 1600          # pg_dump -Z0 bytes per `rows` of the sample app database (docstring of appdb)
+S3_ACCESS_KEY = "dbops-bench-access"
+S3_BUCKET = "bench"
+
+# Goals (see docs/benchmarks.md).
+GOAL_APP_VS_GZIP = 0.4            # realistic data: (c) wall <= 0.4 x (a) wall
+GOAL_APP_VS_READ = 1.3            # realistic data: (c) wall <= 1.3 x (b) wall
+GOAL_PGBENCH_VS_GZIP = 1.1        # pgbench data:   (c) wall <= 1.1 x (a) wall
+GOAL_RSS_MIB = 256                # peak RSS of our process
+GOAL_S3 = 1.2                     # (d) wall <= 1.2 x max((c), boto3 upload)
+
+
+# ----------------------------------------------------------------------------------------------
+# Child side: one measurement of our own code per process, so its peak RSS is its own.
+# ----------------------------------------------------------------------------------------------
+
+def _child(spec_path: str) -> int:
+    import resource
+
+    spec = json.loads(Path(spec_path).read_text())
+    out: dict = {}
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+
+    if spec["mode"] == "backup":
+        from dbops_pipelines.backup.crypto import BackupKey
+        from dbops_pipelines.backup.engine import BackupOptions, run_backup
+
+        if spec["store"] == "local":
+            from dbops_pipelines.storage.local import LocalStore
+
+            store = LocalStore(spec["root"])
+        else:
+            from dbops_pipelines.storage.s3 import S3Store
+
+            store = S3Store(S3_BUCKET, spec["prefix"], endpoint_url=spec["endpoint_url"])
+        key = BackupKey(os.urandom(32), "BENCH_KEY")
+        opts = BackupOptions(zstd_threads=spec["zstd_threads"], zstd_level=spec.get("zstd_level", 1))
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        if profiler:
+            profiler.enable()
+        manifest = run_backup(spec["target"], spec["dsn"], store, key, opts)
+        if profiler:
+            profiler.disable()
+        out.update(seconds=time.perf_counter() - t0, raw_bytes=manifest.raw_bytes,
+                   stored_bytes=manifest.stored_bytes, object_key=manifest.object_key,
+                   rss_before_backup_kib=rss_before)
+    elif spec["mode"] == "upload":
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client("s3", endpoint_url=spec["endpoint_url"], region_name="us-east-1",
+                              config=Config(s3={"addressing_style": "path"}))
+        t0 = time.perf_counter()
+        with open(spec["file"], "rb") as fh:
+            client.upload_fileobj(fh, S3_BUCKET, spec["key"])
+        out.update(seconds=time.perf_counter() - t0, stored_bytes=os.path.getsize(spec["file"]))
+    else:
+        raise SystemExit(f"unknown child mode {spec['mode']!r}")
+
+    self_ru = resource.getrusage(resource.RUSAGE_SELF)
+    kids_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out.update(self_maxrss_kib=self_ru.ru_maxrss, children_maxrss_kib=kids_ru.ru_maxrss,
+               self_cpu=self_ru.ru_utime + self_ru.ru_stime, children_cpu=kids_ru.ru_utime + kids_ru.ru_stime)
+    if profiler:
+        import io
+        import pstats
+
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(18)
+        out["profile"] = buf.getvalue()
+    Path(spec["result"]).write_text(json.dumps(out))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent side
+# ----------------------------------------------------------------------------------------------
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cpu_busy_seconds() -> float:
+    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _reap(procs: list[subprocess.Popen]) -> list[tuple[int, float]]:
+    """wait4 every process; return (exit code, max RSS in KiB) each, in order."""
+    results = []
+    for proc in procs:
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it was reaped
+        results.append((proc.returncode, ru.ru_maxrss))
+    return results
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.pg_bin = Path("/usr/lib/postgresql/15/bin")
+        self.cluster = None
+        self.s3 = None
+        self.zstd_cli = shutil.which("zstd")
+        self.results: dict = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(),
+                        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+            "size_mb_requested": args.size_mb,
+            "zstd_cli": self.zstd_cli,
+            "datasets": {},
+        }
+        self._child_seq = 0
+
+    # -- services -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from dbops_pipelines.localdev.pgcluster import LocalCluster
+
+        self.work.mkdir(parents=True, exist_ok=True)
+        port_file = self.work / "pg_port"
+        port = int(port_file.read_text()) if port_file.exists() and (self.work / "pg" / "data" / "PG_VERSION").exists() else None
+        self.cluster = LocalCluster(self.work / "pg", port=port, fsync=True)
+        self.cluster.start()
+        port_file.write_text(str(self.cluster.port))
+        fsync = self.cluster.execute("SHOW fsync")[0][0]
+        if fsync != "on":
+            raise SystemExit(f"the benchmark cluster runs with fsync={fsync}; benchmarks need fsync=on")
+        log(f"PostgreSQL {self.cluster.execute('SHOW server_version')[0][0]} on port {self.cluster.port}, fsync={fsync}")
+        if not self.args.skip_s3:
+            import secrets
+
+            from dbops_pipelines.localdev.seaweed import SeaweedServer
+
+            self.s3 = SeaweedServer(self.work / "s3", S3_ACCESS_KEY, secrets.token_hex(16))
+            self.s3.start()
+            try:
+                self.s3.create_bucket(S3_BUCKET)
+            except Exception as exc:  # noqa: BLE001 - a kept work dir already has it
+                if "BucketAlready" not in str(exc):
+                    raise
+            log(f"SeaweedFS S3 at {self.s3.endpoint_url}")
+
+    def stop(self) -> None:
+        if self.s3 is not None:
+            self.s3.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    def child_env(self) -> dict:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if self.s3 is not None:
+            env["AWS_ACCESS_KEY_ID"] = self.s3.access_key
+            env["AWS_SECRET_ACCESS_KEY"] = self.s3.secret_key
+            env["AWS_DEFAULT_REGION"] = "us-east-1"
+        return env
+
+    # -- datasets -----------------------------------------------------------------------------
+
+    def complete_databases(self) -> set[str]:
+        """Databases a previous --keep run finished building (marked by a comment)."""
+        return {r[0] for r in self.cluster.execute(
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = 'bench-complete'")}
+
+    def fresh_database(self, db: str) -> None:
+        self.cluster.drop_database(db)  # a half-built leftover of an interrupted --keep run
+        self.cluster.create_database(db)
+
+    def mark_complete(self, db: str) -> None:
+        from psycopg import sql
+
+        self.cluster.execute(sql.SQL("COMMENT ON DATABASE {} IS 'bench-complete'").format(sql.Identifier(db)))
+
+    def dump_size(self, db: str) -> tuple[int, float]:
+        """pg_dump -Fc -Z0 through a pipe into us, counting bytes (also the cache warm-up)."""
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"],
+                                stdout=subprocess.PIPE, bufsize=0)
+        n = 0
+        fd = proc.stdout.fileno()
+        while data := os.read(fd, MIB):
+            n += len(data)
+        if proc.wait() != 0:
+            raise SystemExit(f"pg_dump of {db} failed")
+        return n, time.perf_counter() - t0
+
+    def build_app(self, target_bytes: int) -> str:
+        from dbops_pipelines.sample.appdb import build_sample_database
+
+        rows = max(1000, round(target_bytes / APP_BYTES_PER_ROW))
+        db = f"app_r{rows}"
+        if db in self.complete_databases():
+            log(f"reusing database {db}")
+            return db
+        log(f"building the sample app database {db} ({rows:,} rows, ~{rows * APP_BYTES_PER_ROW / 1e6:.0f} MB of dump)...")
+        self.fresh_database(db)
+        stats: dict = {}
+        t0 = time.perf_counter()
+        build_sample_database(self.cluster.dsn(db), rows, seed=42, stats=stats)
+        log(f"  built in {time.perf_counter() - t0:.0f} s (load {stats['seconds_load']:.0f} s, "
+            f"keys/indexes {stats['seconds_constraints']:.0f} s, analyze {stats['seconds_analyze']:.0f} s)")
+        self.mark_complete(db)
+        return db
+
+    def _pgbench_init(self, db: str, scale: int) -> float:
+        cmd = [str(self.pg_bin / "pgbench"), "-i", "-q", "-s", str(scale), "-h", self.cluster.host,
+               "-p", str(self.cluster.port), "-U", "postgres", db]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"pgbench -i failed:\n{res.stdout}")
+        return time.perf_counter() - t0
+
+    def build_pgbench(self, target_bytes: int) -> str:
+        cal_file = self.work / "pgbench_bytes_per_scale"
+        if cal_file.exists():
+            per_scale = int(cal_file.read_text())
+        else:
+            # Calibrate: the dump of scale 2 minus scale 1 is the per-scale size.
+            sizes = {}
+            for s in (1, 2):
+                cal = f"pgbench_cal{s}"
+                self.fresh_database(cal)
+                self._pgbench_init(cal, s)
+                sizes[s] = self.dump_size(cal)[0]
+                self.cluster.drop_database(cal)
+            per_scale = sizes[2] - sizes[1]
+            cal_file.write_text(str(per_scale))
+            log(f"pgbench calibration: {per_scale / 1e6:.2f} MB of pg_dump -Z0 per scale unit")
+        scale = max(1, round(target_bytes / per_scale))
+        db = f"pgbench_s{scale}"
+        if db in self.complete_databases():
+            log(f"reusing database {db}")
+            return db
+        log(f"building pgbench database {db} (pgbench -i -s {scale}, ~{scale * per_scale / 1e6:.0f} MB of dump)...")
+        self.fresh_database(db)
+        log(f"  built in {self._pgbench_init(db, scale):.0f} s")
+        self.mark_complete(db)
+        return db
+
+    # -- measurements -------------------------------------------------------------------------
+
+    def _measure_cmds(self, name: str, cmds: list[tuple[list[str], dict]]) -> dict:
+        """Run a pipeline of commands (each stdin fed by the previous stdout); wall time and
+        each process's peak RSS from wait4."""
+        cpu0 = cpu_busy_seconds()
+        t0 = time.perf_counter()
+        procs: list[subprocess.Popen] = []
+        prev = None
+        for i, (argv, kw) in enumerate(cmds):
+            last = i == len(cmds) - 1
+            stdout = kw.get("stdout", subprocess.DEVNULL) if last else subprocess.PIPE
+            p = subprocess.Popen(argv, stdin=prev if prev is not None else subprocess.DEVNULL, stdout=stdout)
+            if prev is not None:
+                os.close(prev) if isinstance(prev, int) else prev.close()
+            prev = p.stdout if not last else None
+            procs.append(p)
+        reaped = _reap(procs)
+        wall = time.perf_counter() - t0
+        cpu = cpu_busy_seconds() - cpu0
+        for (rc, _), (argv, _) in zip(reaped, cmds):
+            if rc != 0:
+                raise SystemExit(f"{name}: {' '.join(argv[:3])}... exited with {rc}")
+        return {"seconds": wall, "rss_mib": [rss / 1024 for _, rss in reaped],
+                "cpu_seconds": cpu, "cpu_util": cpu / (wall * os.cpu_count())}
+
+    def measure_gzip(self, db: str, path: Path) -> dict:
+        r = self._measure_cmds("(a)", [([str(self.pg_bin / "pg_dump"), "-Fc", "-f", str(path),
+                                         f"--dbname={self.cluster.dsn(db)}"], {})])
+        r["stored_bytes"] = path.stat().st_size
+        r["peak_rss_mib"] = r["pg_dump_rss_mib"] = r["rss_mib"][0]
+        path.unlink()
+        return r
+
+    def measure_read(self, db: str) -> dict:
+        r = self._measure_cmds("(b)", [([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0",
+                                         f"--dbname={self.cluster.dsn(db)}"], {})])
+        r["peak_rss_mib"] = r["pg_dump_rss_mib"] = r["rss_mib"][0]
+        return r
+
+    def measure_zstd_cli(self, db: str) -> dict:
+        r = self._measure_cmds("(b2)", [
+            ([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"], {}),
+            ([self.zstd_cli, "-1", "-T2", "-q", "-c"], {"stdout": subprocess.DEVNULL}),
+        ])
+        r["peak_rss_mib"] = r["rss_mib"][1]  # zstd's
+        r["pg_dump_rss_mib"] = r["rss_mib"][0]
+        return r
+
+    def _run_child(self, spec: dict) -> dict:
+        self._child_seq += 1
+        spec_path = self.work / f"child{self._child_seq}.json"
+        spec["result"] = str(self.work / f"child{self._child_seq}.result.json")
+        spec_path.write_text(json.dumps(spec))
+        cpu0 = cpu_busy_seconds()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+                                env=self.child_env(), stdin=subprocess.DEVNULL)
+        (rc, maxrss), = _reap([proc])
+        wall = time.perf_counter() - t0
+        cpu = cpu_busy_seconds() - cpu0
+        if rc != 0:
+            raise SystemExit(f"child {spec['mode']} exited with {rc}")
+        out = json.loads(Path(spec["result"]).read_text())
+        spec_path.unlink()
+        Path(spec["result"]).unlink()
+        out.update(process_seconds=wall, wait4_maxrss_mib=maxrss / 1024,
+                   peak_rss_mib=out["self_maxrss_kib"] / 1024, pg_dump_rss_mib=out["children_maxrss_kib"] / 1024,
+                   cpu_seconds=cpu, cpu_util=cpu / (wall * os.cpu_count()))
+        return out
+
+    def measure_pipeline_local(self, db: str, threads: int, profile: bool = False) -> dict:
+        root = self.work / "store"
+        shutil.rmtree(root, ignore_errors=True)
+        r = self._run_child({"mode": "backup", "store": "local", "root": str(root), "target": db,
+                             "dsn": self.cluster.dsn(db), "zstd_threads": threads, "profile": profile})
+        on_disk = (root / r["object_key"]).stat().st_size
+        if on_disk != r["stored_bytes"]:
+            raise SystemExit(f"stored object is {on_disk} bytes, the manifest says {r['stored_bytes']}")
+        shutil.rmtree(root, ignore_errors=True)
+        return r
+
+    def measure_pipeline_s3(self, db: str, threads: int) -> dict:
+        prefix = f"pipeline-{self._child_seq}"
+        r = self._run_child({"mode": "backup", "store": "s3", "prefix": prefix, "endpoint_url": self.s3.endpoint_url,
+                             "target": db, "dsn": self.cluster.dsn(db), "zstd_threads": threads})
+        client = self.s3.s3_client()
+        head = client.head_object(Bucket=S3_BUCKET, Key=f"{prefix}/{r['object_key']}")
+        if head["ContentLength"] != r["stored_bytes"]:
+            raise SystemExit(f"S3 object is {head['ContentLength']} bytes, the manifest says {r['stored_bytes']}")
+        for obj in client.list_objects_v2(Bucket=S3_BUCKET, Prefix=prefix + "/").get("Contents", []):
+            client.delete_object(Bucket=S3_BUCKET, Key=obj["Key"])
+        return r
+
+    def measure_boto3_upload(self, nbytes: int) -> dict:
+        path = self.work / "random.bin"
+        with open(path, "wb") as fh:
+            left = nbytes
+            while left:
+                n = min(left, 8 * MIB)
+                fh.write(os.urandom(n))
+                left -= n
+        key = f"upload-{self._child_seq}"
+        try:
+            r = self._run_child({"mode": "upload", "file": str(path), "key": key, "endpoint_url": self.s3.endpoint_url})
+        finally:
+            path.unlink()
+        self.s3.s3_client().delete_object(Bucket=S3_BUCKET, Key=key)
+        return r
+
+    # -- driver -------------------------------------------------------------------------------
+
+    def run_dataset(self, name: str, target_bytes: int) -> dict:
+        db = self.build_app(target_bytes) if name == "app" else self.build_pgbench(target_bytes)
+        db_size = self.cluster.execute("SELECT pg_database_size(current_database())", dbname=db)[0][0]
+        dump_bytes, warm_s = self.dump_size(db)  # the warm-up run, which also gives the real size
+        log(f"{name}: database {db} is {db_size / 1e6:.0f} MB on disk, pg_dump -Fc -Z0 gives "
+            f"{dump_bytes / 1e6:.0f} MB (warm-up took {warm_s:.1f} s)")
+        res: dict = {"database": db, "database_bytes": db_size, "dump_z0_bytes": dump_bytes, "warmup_seconds": warm_s,
+                     "measurements": {}}
+        m = res["measurements"]
+
+        def show(key: str, label: str) -> None:
+            r = m[key]
+            stored = f", stored {r['stored_bytes'] / 1e6:.1f} MB" if "stored_bytes" in r else ""
+            log(f"  {label}: {r['seconds']:.2f} s{stored}, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+                f"CPU {100 * r['cpu_util']:.0f}% of {os.cpu_count()} cores")
+
+        m["a"] = self.measure_gzip(db, self.work / f"{db}.dump"); show("a", "(a) pg_dump -Fc (gzip)")
+        m["b"] = self.measure_read(db); show("b", "(b) pg_dump -Fc -Z0 > /dev/null")
+        if self.zstd_cli:
+            m["b2"] = self.measure_zstd_cli(db); show("b2", "(b2) pg_dump -Z0 | zstd -1 -T2")
+        else:
+            log("  (b2) skipped: no zstd CLI on PATH (apt-get install zstd)")
+        m["c"] = self.measure_pipeline_local(db, 1); show("c", "(c) run_backup -> LocalStore, zstd_threads=1")
+        if name == "app" and not self.args.no_thread_sweep:
+            sweep = {1: m["c"]}
+            for t in (0, 2):
+                sweep[t] = self.measure_pipeline_local(db, t)
+                m[f"c_threads{t}"] = sweep[t]; show(f"c_threads{t}", f"(c) zstd_threads={t}")
+            best = min(sweep, key=lambda t: sweep[t]["seconds"])
+            res["zstd_threads_seconds"] = {str(t): sweep[t]["seconds"] for t in sorted(sweep)}
+            res["best_zstd_threads"] = best
+            log(f"  fastest zstd_threads: {best}")
+        if self.args.profile:
+            prof = self.measure_pipeline_local(db, 1, profile=True)
+            res["profile_zstd_threads1"] = prof["profile"]
+            log(f"  (c) under cProfile: {prof['seconds']:.2f} s\n{prof['profile']}")
+        if self.s3 is not None:
+            m["d"] = self.measure_pipeline_s3(db, 1); show("d", "(d) run_backup -> S3 (SeaweedFS)")
+            m["u"] = self.measure_boto3_upload(m["c"]["stored_bytes"]); show("u", "(u) boto3 upload_fileobj, same bytes")
+        return res
+
+    def run(self) -> None:
+        target = int(self.args.size_mb * 1e6)
+        for name in self.args.datasets:
+            self.results["datasets"][name] = self.run_dataset(name, target)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+def goals(results: dict) -> list[dict]:
+    rows = []
+
+    def check(dataset: str, what: str, value: float, limit: float, strict: bool = False) -> None:
+        ok = value < limit if strict else value <= limit
+        rows.append({"dataset": dataset, "check": what, "value": value, "goal": limit,
+                     "op": "<" if strict else "<=", "pass": ok})
+
+    for name, ds in results["datasets"].items():
+        m = ds["measurements"]
+        a, b, c = m["a"], m["b"], m["c"]
+        if name == "app":
+            check(name, "(c)/(a) wall", c["seconds"] / a["seconds"], GOAL_APP_VS_GZIP)
+            check(name, "(c)/(b) wall", c["seconds"] / b["seconds"], GOAL_APP_VS_READ)
+            check(name, "stored(c)/stored(a)", c["stored_bytes"] / a["stored_bytes"], 1.0)
+        else:
+            check(name, "(c)/(a) wall", c["seconds"] / a["seconds"], GOAL_PGBENCH_VS_GZIP)
+        for key in ("c", "d"):
+            if key in m:
+                check(name, f"peak RSS ({key}) MiB", m[key]["peak_rss_mib"], GOAL_RSS_MIB, strict=True)
+        if "d" in m:
+            check(name, "(d)/max((c),upload) wall", m["d"]["seconds"] / max(c["seconds"], m["u"]["seconds"]), GOAL_S3)
+    return rows
+
+
+LABELS = {
+    "a": "(a) pg_dump -Fc (gzip -6) -f FILE",
+    "b": "(b) pg_dump -Fc -Z0 > /dev/null",
+    "b2": "(b2) pg_dump -Z0 | zstd -1 -T2",
+    "c": "(c) run_backup -> LocalStore (threads=1)",
+    "c_threads0": "(c) ... zstd_threads=0",
+    "c_threads2": "(c) ... zstd_threads=2",
+    "d": "(d) run_backup -> S3 (SeaweedFS)",
+    "u": "(u) boto3 upload_fileobj, same bytes",
+}
+
+
+def report(results: dict) -> str:
+    lines = []
+    for name, ds in results["datasets"].items():
+        lines.append(f"\n{name}: database {ds['database']}, {ds['database_bytes'] / 1e6:.0f} MB on disk, "
+                     f"pg_dump -Fc -Z0 = {ds['dump_z0_bytes'] / 1e6:.0f} MB")
+        lines.append(f"  {'measurement':<42} {'wall s':>8} {'MB/s':>7} {'stored bytes':>14} {'ratio':>6} "
+                     f"{'peak RSS MiB':>12} {'pg_dump MiB':>11} {'CPU %':>6}")
+        for key, r in ds["measurements"].items():
+            stored = r.get("stored_bytes")
+            ratio = f"{ds['dump_z0_bytes'] / stored:6.2f}" if stored else f"{'':>6}"
+            pgd = r.get("pg_dump_rss_mib") if key != "u" else None
+            lines.append(f"  {LABELS.get(key, key):<42} {r['seconds']:8.2f} {ds['dump_z0_bytes'] / 1e6 / r['seconds']:7.0f} "
+                         f"{stored if stored else '':>14} {ratio} {r['peak_rss_mib']:12.1f} "
+                         f"{(f'{pgd:.1f}' if pgd is not None else ''):>11} {100 * r['cpu_util']:6.0f}")
+        if "best_zstd_threads" in ds:
+            lines.append(f"  fastest zstd_threads: {ds['best_zstd_threads']} "
+                         f"({', '.join(f'{t}: {s:.2f} s' for t, s in ds['zstd_threads_seconds'].items())})")
+    lines.append("\nGoals:")
+    for g in results["goals"]:
+        lines.append(f"  {g['dataset']:<8} {g['check']:<28} {g['value']:8.2f}  goal {g['op']} {g['goal']:<6} "
+                     f"{'PASS' if g['pass'] else 'MISS'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=float, default=1200, help="target pg_dump -Z0 size per dataset (MB)")
+    parser.add_argument("--datasets", default="app,pgbench", help="comma list of app, pgbench")
+    parser.add_argument("--work", default=str(ROOT / "benchmarks" / ".work"), help="work directory")
+    parser.add_argument("--skip-s3", action="store_true", help="skip (d) and the boto3 upload")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (and reuse its databases next time)")
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--profile", action="store_true", help="also run (c) once under cProfile and print it")
+    parser.add_argument("--no-thread-sweep", action="store_true", help="skip zstd_threads 0 and 2 on app")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.child)
+    args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = set(args.datasets) - {"app", "pgbench"}
+    if bad:
+        parser.error(f"unknown datasets {sorted(bad)}")
+
+    bench = Bench(args)
+    t0 = time.perf_counter()
+    # SIGTERM should clean up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        bench.start()
+        bench.run()
+    finally:
+        bench.stop()
+        if not args.keep:
+            shutil.rmtree(bench.work, ignore_errors=True)
+    res = bench.results
+    res["total_seconds"] = time.perf_counter() - t0
+    res["goals"] = goals(res)
+    print(report(res))
+    print(f"\ntotal run time {res['total_seconds'] / 60:.1f} min")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
