@@ -78,7 +78,8 @@ def _child(spec_path: str) -> int:
 
             store = S3Store(S3_BUCKET, spec["prefix"], endpoint_url=spec["endpoint_url"])
         key = BackupKey(os.urandom(32), "BENCH_KEY")
-        opts = BackupOptions(zstd_threads=spec["zstd_threads"], zstd_level=spec.get("zstd_level", 1))
+        opts = BackupOptions(zstd_threads=spec["zstd_threads"], zstd_level=spec.get("zstd_level", 1),
+                             pg_bin_dir=spec.get("pg_bin_dir"))
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
         if profiler:
@@ -104,8 +105,12 @@ def _child(spec_path: str) -> int:
 
     self_ru = resource.getrusage(resource.RUSAGE_SELF)
     kids_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out.update(self_maxrss_kib=self_ru.ru_maxrss, children_maxrss_kib=kids_ru.ru_maxrss,
-               self_cpu=self_ru.ru_utime + self_ru.ru_stime, children_cpu=kids_ru.ru_utime + kids_ru.ru_stime)
+    try:  # cross-check of the peak RSS the launcher reports
+        status = Path("/proc/self/status").read_text()
+        out["vmhwm_kib"] = int(status.split("VmHWM:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        pass
+    out.update(self_cpu=self_ru.ru_utime + self_ru.ru_stime, children_cpu=kids_ru.ru_utime + kids_ru.ru_stime)
     if profiler:
         import io
         import pstats
@@ -133,14 +138,43 @@ def cpu_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _reap(procs: list[subprocess.Popen]) -> list[tuple[int, float]]:
-    """wait4 every process; return (exit code, max RSS in KiB) each, in order."""
-    results = []
+# Peak RSS. wait4()'s ru_maxrss of a child we fork+exec directly is useless here: Linux keeps
+# the high-water RSS of the pre-exec image, i.e. of this ~85 MiB Python process, so every child
+# would report >= 85 MiB. So each measured process is forked by a tiny parent that wait4()s it
+# and writes its ru_maxrss to a file: GNU time (-f %M) if installed, else a minimal Python.
+TIME_BIN = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+_LAUNCHER = (
+    "import os,sys\n"
+    "pid=os.fork()\n"
+    "if pid==0:\n"
+    "    os.execvp(sys.argv[2],sys.argv[2:])\n"
+    "_,st,ru=os.wait4(pid,0)\n"
+    "open(sys.argv[1],'a').write('%d\\n'%ru.ru_maxrss)\n"
+    "sys.exit(os.waitstatus_to_exitcode(st))\n"
+)
+
+
+def rss_wrapped(argv: list[str], rss_file: str | Path) -> list[str]:
+    """argv run under a small parent that appends the process's peak RSS (KiB) to rss_file."""
+    if TIME_BIN:
+        return [TIME_BIN, "-a", "-f", "%M", "-o", str(rss_file), *argv]
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(rss_file), *argv]
+
+
+def read_rss_kib(rss_file: str | Path) -> float:
+    """The last peak RSS written to rss_file (GNU time may add a 'Command exited...' line)."""
+    nums = [int(line) for line in Path(rss_file).read_text().split("\n") if line.strip().isdigit()]
+    return float(nums[-1])
+
+
+def _reap(procs: list[subprocess.Popen]) -> list[int]:
+    """wait4 every process; return their exit codes in order."""
+    codes = []
     for proc in procs:
-        _, status, ru = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # tell Popen it was reaped
-        results.append((proc.returncode, ru.ru_maxrss))
-    return results
+        codes.append(proc.returncode)
+    return codes
 
 
 class Bench:
@@ -297,23 +331,29 @@ class Bench:
         cpu0 = cpu_busy_seconds()
         t0 = time.perf_counter()
         procs: list[subprocess.Popen] = []
+        rss_files = []
         prev = None
         for i, (argv, kw) in enumerate(cmds):
             last = i == len(cmds) - 1
             stdout = kw.get("stdout", subprocess.DEVNULL) if last else subprocess.PIPE
-            p = subprocess.Popen(argv, stdin=prev if prev is not None else subprocess.DEVNULL, stdout=stdout)
+            rss_files.append(self.work / f"rss{i}.txt")
+            rss_files[-1].unlink(missing_ok=True)
+            p = subprocess.Popen(rss_wrapped(argv, rss_files[-1]),
+                                 stdin=prev if prev is not None else subprocess.DEVNULL, stdout=stdout)
             if prev is not None:
-                os.close(prev) if isinstance(prev, int) else prev.close()
+                prev.close()
             prev = p.stdout if not last else None
             procs.append(p)
-        reaped = _reap(procs)
+        codes = _reap(procs)
         wall = time.perf_counter() - t0
         cpu = cpu_busy_seconds() - cpu0
-        for (rc, _), (argv, _) in zip(reaped, cmds):
+        for rc, (argv, _) in zip(codes, cmds):
             if rc != 0:
                 raise SystemExit(f"{name}: {' '.join(argv[:3])}... exited with {rc}")
-        return {"seconds": wall, "rss_mib": [rss / 1024 for _, rss in reaped],
-                "cpu_seconds": cpu, "cpu_util": cpu / (wall * os.cpu_count())}
+        rss = [read_rss_kib(f) / 1024 for f in rss_files]
+        for f in rss_files:
+            f.unlink()
+        return {"seconds": wall, "rss_mib": rss, "cpu_seconds": cpu, "cpu_util": cpu / (wall * os.cpu_count())}
 
     def measure_gzip(self, db: str, path: Path) -> dict:
         r = self._measure_cmds("(a)", [([str(self.pg_bin / "pg_dump"), "-Fc", "-f", str(path),
@@ -345,9 +385,14 @@ class Bench:
         spec_path.write_text(json.dumps(spec))
         cpu0 = cpu_busy_seconds()
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-                                env=self.child_env(), stdin=subprocess.DEVNULL)
-        (rc, maxrss), = _reap([proc])
+        rss_file, pg_dump_rss_file = self.work / "rss_child.txt", self.work / "rss_pg_dump.txt"
+        rss_file.unlink(missing_ok=True)
+        pg_dump_rss_file.unlink(missing_ok=True)
+        env = self.child_env()
+        env["DBOPS_BENCH_PG_DUMP_RSS"] = str(pg_dump_rss_file)
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)]
+        proc = subprocess.Popen(rss_wrapped(argv, rss_file), env=env, stdin=subprocess.DEVNULL)
+        rc, = _reap([proc])
         wall = time.perf_counter() - t0
         cpu = cpu_busy_seconds() - cpu0
         if rc != 0:
@@ -355,16 +400,31 @@ class Bench:
         out = json.loads(Path(spec["result"]).read_text())
         spec_path.unlink()
         Path(spec["result"]).unlink()
-        out.update(process_seconds=wall, wait4_maxrss_mib=maxrss / 1024,
-                   peak_rss_mib=out["self_maxrss_kib"] / 1024, pg_dump_rss_mib=out["children_maxrss_kib"] / 1024,
+        out.update(process_seconds=wall, peak_rss_mib=read_rss_kib(rss_file) / 1024,
                    cpu_seconds=cpu, cpu_util=cpu / (wall * os.cpu_count()))
+        if pg_dump_rss_file.exists():  # the last line is the dump (the first is pg_dump --version)
+            out["pg_dump_rss_mib"] = read_rss_kib(pg_dump_rss_file) / 1024
+            pg_dump_rss_file.unlink()
+        rss_file.unlink()
         return out
 
-    def measure_pipeline_local(self, db: str, threads: int, profile: bool = False) -> dict:
+    def pg_dump_wrapper_dir(self) -> Path:
+        """A bin dir whose pg_dump runs the real one under the RSS recorder (BackupOptions.pg_bin_dir)."""
+        d = self.work / "pgbin"
+        d.mkdir(exist_ok=True)
+        wrapper = d / "pg_dump"
+        inner = " ".join(f"'{a}'" for a in rss_wrapped([str(self.pg_bin / "pg_dump")], "@RSS@"))
+        inner = inner.replace("'@RSS@'", '"$DBOPS_BENCH_PG_DUMP_RSS"')
+        wrapper.write_text(f'#!/bin/sh\nexec {inner} "$@"\n')
+        wrapper.chmod(0o755)
+        return d
+
+    def measure_pipeline_local(self, db: str, threads: int, level: int = 1, profile: bool = False) -> dict:
         root = self.work / "store"
         shutil.rmtree(root, ignore_errors=True)
         r = self._run_child({"mode": "backup", "store": "local", "root": str(root), "target": db,
-                             "dsn": self.cluster.dsn(db), "zstd_threads": threads, "profile": profile})
+                             "dsn": self.cluster.dsn(db), "zstd_threads": threads, "zstd_level": level,
+                             "profile": profile, "pg_bin_dir": str(self.pg_dump_wrapper_dir())})
         on_disk = (root / r["object_key"]).stat().st_size
         if on_disk != r["stored_bytes"]:
             raise SystemExit(f"stored object is {on_disk} bytes, the manifest says {r['stored_bytes']}")
@@ -374,7 +434,8 @@ class Bench:
     def measure_pipeline_s3(self, db: str, threads: int) -> dict:
         prefix = f"pipeline-{self._child_seq}"
         r = self._run_child({"mode": "backup", "store": "s3", "prefix": prefix, "endpoint_url": self.s3.endpoint_url,
-                             "target": db, "dsn": self.cluster.dsn(db), "zstd_threads": threads})
+                             "target": db, "dsn": self.cluster.dsn(db), "zstd_threads": threads,
+                             "pg_bin_dir": str(self.pg_dump_wrapper_dir())})
         client = self.s3.s3_client()
         head = client.head_object(Bucket=S3_BUCKET, Key=f"{prefix}/{r['object_key']}")
         if head["ContentLength"] != r["stored_bytes"]:
@@ -424,7 +485,7 @@ class Bench:
         else:
             log("  (b2) skipped: no zstd CLI on PATH (apt-get install zstd)")
         m["c"] = self.measure_pipeline_local(db, 1); show("c", "(c) run_backup -> LocalStore, zstd_threads=1")
-        if name == "app" and not self.args.no_thread_sweep:
+        if name == "app" and not self.args.no_sweep:
             sweep = {1: m["c"]}
             for t in (0, 2):
                 sweep[t] = self.measure_pipeline_local(db, t)
@@ -433,6 +494,10 @@ class Bench:
             res["zstd_threads_seconds"] = {str(t): sweep[t]["seconds"] for t in sorted(sweep)}
             res["best_zstd_threads"] = best
             log(f"  fastest zstd_threads: {best}")
+            # Informational: what a higher zstd level costs (BackupOptions.zstd_level, default 1).
+            for level in (2, 3):
+                m[f"c_level{level}"] = self.measure_pipeline_local(db, 1, level=level)
+                show(f"c_level{level}", f"(c) zstd_level={level}, zstd_threads=1")
         if self.args.profile:
             prof = self.measure_pipeline_local(db, 1, profile=True)
             res["profile_zstd_threads1"] = prof["profile"]
@@ -484,6 +549,8 @@ LABELS = {
     "c": "(c) run_backup -> LocalStore (threads=1)",
     "c_threads0": "(c) ... zstd_threads=0",
     "c_threads2": "(c) ... zstd_threads=2",
+    "c_level2": "(c) ... zstd_level=2 (threads=1)",
+    "c_level3": "(c) ... zstd_level=3 (threads=1)",
     "d": "(d) run_backup -> S3 (SeaweedFS)",
     "u": "(u) boto3 upload_fileobj, same bytes",
 }
@@ -522,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (and reuse its databases next time)")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--profile", action="store_true", help="also run (c) once under cProfile and print it")
-    parser.add_argument("--no-thread-sweep", action="store_true", help="skip zstd_threads 0 and 2 on app")
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="on app, skip the extra (c) runs with zstd_threads 0 and 2 and zstd_level 2 and 3")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

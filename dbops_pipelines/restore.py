@@ -74,7 +74,7 @@ def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterabl
             f"{', '.join(k.key_id for k in keys) or 'none'}",
             "set the key it was written with (encryption.key_env, or encryption.previous_key_envs after a rotation)",
         )
-    label = f"backup {manifest.backup_id}"
+    label = f"backup {manifest.backup_id} (key id {manifest.key_id})"
     plain = decrypt_stream(_checked(store.get(manifest.object_key), manifest), keys, label)
     decompressor = zstandard.ZstdDecompressor().decompressobj()
 

@@ -97,10 +97,10 @@ def test_definitions_load_as_the_webserver_loads_them(write_config, sample_app):
     env = {**os.environ, "DBOPS_CONFIG": str(path)}
     dagster = Path(sys.executable).with_name("dagster")
     ok = subprocess.run([str(dagster), "definitions", "validate", "-m", "dbops_pipelines.definitions"],
-                        capture_output=True, text=True, env=env, timeout=120)
+                        capture_output=True, text=True, env=env, timeout=120, cwd=path.parent)
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     path.write_text("targets: [not, a, mapping]\n")
     bad = subprocess.run([str(dagster), "definitions", "validate", "-m", "dbops_pipelines.definitions"],
-                         capture_output=True, text=True, env=env, timeout=120)
+                         capture_output=True, text=True, env=env, timeout=120, cwd=path.parent)
     assert bad.returncode != 0 and "is invalid: targets" in bad.stdout + bad.stderr

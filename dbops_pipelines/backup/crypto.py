@@ -181,7 +181,7 @@ def decrypt_stream(chunks: Iterable[bytes], keys: Iterable[BackupKey], label: st
                 continue
         else:
             raise IntegrityError(
-                f"{label} failed authentication at record {index} (key id {key_id}): corrupted, or not written with this key",
+                f"{label} failed authentication at record {index}: corrupted, or not written with this key",
                 "do not use this backup; restore from another one and check the store",
             )
         yield plain

@@ -46,8 +46,9 @@ class S3Store(BackupStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
-        # boto3's standard retry mode retries throttling, 5xx and connection errors with backoff.
-        self.client = client or boto3.client(
+        # A session of its own: boto3's default session caches the credentials it found first.
+        # The standard retry mode retries throttling, 5xx and connection errors with backoff.
+        self.client = client or boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region,
             config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
                           s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=60),
