@@ -104,3 +104,15 @@ def test_definitions_load_as_the_webserver_loads_them(write_config, sample_app):
     bad = subprocess.run([str(dagster), "definitions", "validate", "-m", "dbops_pipelines.definitions"],
                          capture_output=True, text=True, env=env, timeout=120, cwd=path.parent)
     assert bad.returncode != 0 and "is invalid: targets" in bad.stdout + bad.stderr
+
+
+def test_transient_failures_are_retried_then_fail(write_config):
+    defs = build_definitions(write_config({"app": "postgresql://dbops@127.0.0.1:1/app"},
+                                          defaults={"run_retries": 2, "retry_delay_seconds": 0, "connect_retries": 0}))
+    with dg.instance_for_test() as instance:
+        result = run_job(defs, "backup_app", instance)
+        assert not result.success
+        retries = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert len(retries) == 2
+        [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+        assert "cannot connect to app" in str(failure.event_specific_data.error)
