@@ -1,6 +1,7 @@
 """`dbops`: the operators' and scripts' face of the core. Argument parsing and printing only.
 
-Exit codes: 0 success, 1 the operation failed (the message says what to do), 2 bad usage.
+Exit codes: 0 success, 1 the operation failed (the message says what to do) or, for `verify`,
+the backup did not verify; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dbops_pipelines.backup.integrity import check_backup
 from dbops_pipelines.config import load_config, redact
 from dbops_pipelines.errors import DbopsError
 from dbops_pipelines.restore import restore_backup
+from dbops_pipelines.verification.runner import verify_backup
 
 
 def human_bytes(n: float) -> str:
@@ -78,11 +80,13 @@ def cmd_backups_list(args) -> int:
     if not entries:
         print("no backups")
         return 0
-    print(f"{'ID':<36} {'KIND':<7} {'STATUS':<11} {'STARTED (UTC)':<20} {'SIZE':>10}  ROWS")
+    print(f"{'ID':<36} {'KIND':<7} {'STATUS':<11} {'STARTED (UTC)':<20} {'SIZE':>10}  {'ROWS':>10}  VERIFIED")
     for e in entries:
         d = e.to_dict()
+        v = e.verification
+        verified = f"{v['outcome']} {v['verified_at'][:16]}" if v else "never"
         print(f"{e.backup_id:<36} {d['kind'] or '-':<7} {e.status:<11} {e.started_at:%Y-%m-%d %H:%M:%S}  "
-              f"{human_bytes(d['size_bytes'] or 0):>10}  {d['total_rows'] if d['total_rows'] is not None else '-'}")
+              f"{human_bytes(d['size_bytes'] or 0):>10}  {d['total_rows'] if d['total_rows'] is not None else '-':>10}  {verified}")
     return 0
 
 
@@ -105,6 +109,27 @@ def cmd_check(args) -> int:
     print(f"backup {report.backup_id} is intact: sha256 verified, {report.toc_entries} archive entries, "
           f"{len(report.tables_with_data)} tables with data")
     return 0
+
+
+def cmd_verify(args) -> int:
+    cfg = load_config(args.config)
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    report = verify_backup(cfg, args.target, args.backup, log=log)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for t in report.tables:
+            mark = "ok" if t.ok else "MISMATCH"
+            print(f"  {t.table:<40} expected {t.expected_rows:>10}  actual {t.actual_rows if t.actual_rows is not None else '-':>10}  "
+                  f"checksum {t.checksum:<11} {mark}")
+        for s in report.sanity:
+            print(f"  sanity {s['name']}: {'ok' if s['passed'] else 'FAILED'} (value {s['value']!r}, expected {s['expect']!r})")
+        for f in report.findings:
+            print(f"  {f.severity.upper()}: {f.message}")
+        rto = f"{report.rto_seconds:.1f} s" if report.rto_seconds is not None else "n/a"
+        print(f"{report.summary()}\n  RTO {rto} (objective {report.rto_objective_seconds} s), scratch database "
+              f"{report.scratch_database} on {report.server} dropped")
+    return 0 if report.passed else 1
 
 
 def cmd_retention(args) -> int:
@@ -148,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="re-read a stored backup: sha256, decryption, archive listing")
     c.add_argument("backup_id")
     c.set_defaults(func=cmd_check)
+
+    v = sub.add_parser("verify", help="restore a backup into a scratch database and compare it with its manifest")
+    v.add_argument("target")
+    v.add_argument("--backup", help="backup id (default: the newest valid backup of the target)")
+    v.add_argument("--json", action="store_true", help="print the full report")
+    v.set_defaults(func=cmd_verify)
 
     rt = sub.add_parser("retention", help="apply the retention policy (see --dry-run)")
     rt.add_argument("target", nargs="?")

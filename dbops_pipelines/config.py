@@ -69,6 +69,41 @@ class EncryptionSettings(_Strict):
     previous_key_envs: list[str] = []
 
 
+class SanityCheck(_Strict):
+    """An operator's query run against the restored copy. It returns one value, compared with
+    ``expect``: a literal (equality) or a string "<op> <number>" with op one of < <= > >= == !=.
+    Parameters: %(backup_started_at)s, %(backup_finished_at)s, %(target)s."""
+
+    name: str
+    sql: str
+    expect: bool | int | float | str = True
+
+
+class VerificationSettings(_Strict):
+    """Every key optional: a target's block overrides `defaults.verification` key by key."""
+
+    server_dsn: str | None = None       # a staging server; default: the target's own server
+    schedule: str | None = None         # default "0 4 * * 0" (Sunday 04:00)
+    timezone: str | None = None
+    rto_objective_seconds: int | None = Field(None, ge=1)   # default 4 h
+    checksum_max_bytes: int | None = Field(None, ge=0)      # tables up to this size get content checksums
+    jobs: int | None = Field(None, ge=1)                    # parallel pg_restore jobs
+    sanity_checks: list[SanityCheck] | None = None
+
+    @field_validator("server_dsn")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v and redact(v) != v:
+            raise ValueError("the DSN contains a password; supply it through PGPASSWORD or a PGPASSFILE")
+        return v
+
+
+VERIFICATION_DEFAULTS = VerificationSettings(
+    schedule="0 4 * * 0", timezone="UTC", rto_objective_seconds=4 * 3600,
+    checksum_max_bytes=16 << 20, jobs=2, sanity_checks=[],
+)
+
+
 class TargetSettings(_Strict):
     dsn: str
     kind: BackupKind = "full"
@@ -78,6 +113,7 @@ class TargetSettings(_Strict):
     timezone: str | None = None
     retention: RetentionSettings | None = None
     server: str | None = None         # concurrency group; defaults to host:port of the DSN
+    verification: VerificationSettings | None = None
 
     @field_validator("dsn")
     @classmethod
@@ -98,6 +134,7 @@ class Defaults(_Strict):
     retry_delay_seconds: int = Field(60, ge=0)  # doubled on every retry
     owners: list[str] = ["team:dbops"]
     pg_bin_dir: str | None = None
+    verification: VerificationSettings = VerificationSettings()
 
 
 class FleetConfig(_Strict):
@@ -130,6 +167,14 @@ class FleetConfig(_Strict):
     def retention_for(self, name: str) -> RetentionPolicy:
         t = self.target(name)
         return (t.retention or self.defaults.retention).policy()
+
+    def verification_for(self, name: str) -> VerificationSettings:
+        """Target keys over defaults.verification keys over the built-in defaults."""
+        merged = VERIFICATION_DEFAULTS.model_dump()
+        for layer in (self.defaults.verification, self.target(name).verification):
+            if layer is not None:
+                merged.update({k: getattr(layer, k) for k in layer.model_fields_set})
+        return VerificationSettings.model_validate(merged)
 
     def server_of(self, name: str) -> str:
         t = self.target(name)

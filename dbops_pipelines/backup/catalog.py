@@ -9,6 +9,7 @@ from dbops_pipelines.backup.manifest import MANIFEST_NAME, BackupManifest, manif
 from dbops_pipelines.backup.retention import BackupRecord
 from dbops_pipelines.errors import StorageError
 from dbops_pipelines.storage.base import BackupStore, ObjectInfo
+from dbops_pipelines.verification.report import latest_reports
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,18 @@ class BackupEntry:
     keys: tuple[str, ...]            # every object under the backup's prefix
     manifest: BackupManifest | None
     size_bytes: int = 0              # all objects under the prefix
+    verification: dict | None = None  # summary of the newest verification report, if any
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.valid and self.verification and self.verification["passed"])
 
     @property
     def valid(self) -> bool:
         return self.status == "valid"
 
     def to_record(self) -> BackupRecord:
-        return BackupRecord(self.backup_id, self.target, self.started_at, self.valid)
+        return BackupRecord(self.backup_id, self.target, self.started_at, self.valid, self.verified)
 
     def to_dict(self) -> dict:
         m = self.manifest
@@ -42,6 +48,7 @@ class BackupEntry:
             "key_id": m.key_id if m else None,
             "tables": len(m.table_rows) if m else None,
             "total_rows": m.total_rows if m else None,
+            "verification": self.verification,
         }
 
 
@@ -55,11 +62,13 @@ def _started_from_id(backup_id: str, fallback: datetime) -> datetime:
 
 
 def list_backups(store: BackupStore, target: str | None = None) -> list[BackupEntry]:
-    """Newest first. A backup whose manifest cannot be read is reported as incomplete."""
+    """Newest first. A backup whose manifest cannot be read is reported as incomplete.
+    Each entry carries the outcome of its newest restore verification."""
+    reports = latest_reports(store, target)
     groups: dict[tuple[str, str], list[ObjectInfo]] = {}
     for obj in store.list(f"{target}/" if target else ""):
         parts = obj.key.split("/")
-        if len(parts) < 3:
+        if len(parts) < 3 or parts[0].startswith("_"):  # _verifications/ and other non-backup records
             continue
         groups.setdefault((parts[0], parts[1]), []).append(obj)
     entries = []
@@ -72,9 +81,14 @@ def list_backups(store: BackupStore, target: str | None = None) -> list[BackupEn
             except (StorageError, ValueError, TypeError):
                 manifest = None
         started = datetime.fromisoformat(manifest.started_at) if manifest else _started_from_id(bid, min(o.modified for o in objs))
+        report = reports.get(bid)
+        verification = None if report is None else {
+            "passed": report.passed, "outcome": report.outcome, "verified_at": report.verified_at,
+            "run_id": report.run_id, "rto_seconds": report.rto_seconds, "summary": report.summary(),
+        }
         entries.append(BackupEntry(bid, tgt, "valid" if manifest else "incomplete", started,
                                    tuple(sorted(o.key for o in objs)), manifest,
-                                   sum(o.size for o in objs)))
+                                   sum(o.size for o in objs), verification))
     return sorted(entries, key=lambda e: (e.started_at, e.backup_id), reverse=True)
 
 

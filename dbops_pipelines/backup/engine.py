@@ -22,7 +22,7 @@ import zstandard
 
 from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream
 from dbops_pipelines.backup.manifest import BackupManifest, data_key, manifest_key, new_backup_id
-from dbops_pipelines.backup.snapshot import count_rows, pg_dump_pattern, schema_fingerprint, tables_in_dump
+from dbops_pipelines.backup.snapshot import count_rows, pg_dump_pattern, schema_fingerprint, table_checksums, tables_in_dump
 from dbops_pipelines.config import redact
 from dbops_pipelines.errors import BackupFailed, DbopsError
 from dbops_pipelines.pgtools import StderrCollector, binary_version, check_client_version, connect, enlarge_pipe, find_binary
@@ -52,6 +52,7 @@ class BackupOptions:
     zstd_threads: int = 1                       # worker threads; 0 compresses in the calling thread
     connect_retries: int = 3
     pg_bin_dir: str | None = None
+    checksum_max_bytes: int = 16 << 20         # tables up to this size get a content checksum
 
 
 def _pg_dump_command(pg_dump: str, dsn: str, snapshot: str, opts: BackupOptions) -> list[str]:
@@ -107,11 +108,13 @@ def run_backup(
 
         stderr = StderrCollector(proc.stderr, warn)
         counts: dict[str, int] = {}
+        checksums: dict[str, str] = {}
         count_error: list[BaseException] = []
 
         def count() -> None:
             try:
                 counts.update(count_rows(conn, tables))
+                checksums.update(table_checksums(conn, tables, opts.checksum_max_bytes))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the streaming thread
                 count_error.append(exc)
 
@@ -164,7 +167,7 @@ def run_backup(
             raw_bytes=raw_total[0], stored_bytes=stored.size, sha256=stored.sha256,
             object_key=obj_key, location=stored.location,
             compression=f"zstd-{opts.zstd_level}", encryption=ENCRYPTION, key_id=key.key_id,
-            table_rows=counts, schema_fingerprint=fingerprint,
+            table_rows=counts, table_checksums=checksums, schema_fingerprint=fingerprint,
             selected_tables=sorted(tables) if opts.kind == "tables" else [],
             excluded_table_data=list(opts.exclude_table_data), pg_dump_warnings=warnings,
         )

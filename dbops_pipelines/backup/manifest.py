@@ -51,6 +51,7 @@ class BackupManifest:
     key_id: str
     table_rows: dict[str, int]      # exact rows per table, in the dump's snapshot
     schema_fingerprint: dict
+    table_checksums: dict[str, str] = field(default_factory=dict)  # md5 of rows, small tables only
     selected_tables: list[str] = field(default_factory=list)
     excluded_table_data: list[str] = field(default_factory=list)
     pg_dump_warnings: list[str] = field(default_factory=list)

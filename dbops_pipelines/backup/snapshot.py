@@ -124,3 +124,24 @@ def count_rows(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
                 "the backup role must be a superuser or have BYPASSRLS and SELECT on every table",
             ) from None
     return counts
+
+
+def content_checksum_sql(schema: str, table: str) -> sql.Composed:
+    """md5 over every row's text form in byte order (COLLATE "C": independent of the database's
+    locale), so the same rows give the same checksum in any database."""
+    return sql.SQL(
+        "SELECT coalesce(md5(string_agg(r::text, E'\\n' ORDER BY r::text COLLATE \"C\")), '') FROM ONLY {}.{} r"
+    ).format(sql.Identifier(schema), sql.Identifier(table))
+
+
+def table_checksums(conn: psycopg.Connection, tables: list[str], max_bytes: int) -> dict[str, str]:
+    """Content checksums of the tables no larger than ``max_bytes`` (0 disables them)."""
+    if max_bytes <= 0:
+        return {}
+    out = {}
+    for name in tables:
+        schema, table = split_table(name)
+        size = conn.execute("SELECT pg_relation_size((quote_ident(%s) || '.' || quote_ident(%s))::regclass)", (schema, table)).fetchone()[0]
+        if size <= max_bytes:
+            out[name] = conn.execute(content_checksum_sql(schema, table)).fetchone()[0]
+    return out
