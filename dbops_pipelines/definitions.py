@@ -13,6 +13,7 @@ import dagster as dg
 from dbops_pipelines.config import config_path, load_config
 from dbops_pipelines.defs.backups import build_backup_defs
 from dbops_pipelines.defs.resources import DbopsFleet
+from dbops_pipelines.defs.verification import build_verification_defs
 
 
 def build_definitions(path: str | Path | None = None) -> dg.Definitions:
@@ -20,6 +21,7 @@ def build_definitions(path: str | Path | None = None) -> dg.Definitions:
     cfg = load_config(path)
     return dg.Definitions.merge(
         build_backup_defs(cfg),
+        build_verification_defs(cfg),
         dg.Definitions(resources={"dbops": DbopsFleet(config_path=path)}),
     )
 

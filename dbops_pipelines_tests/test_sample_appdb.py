@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from dbops_pipelines.sample import appdb
+from dbops_pipelines.sample.schema import COPY_COLUMNS
 
 ROWS = 2000
 
@@ -219,7 +220,7 @@ def test_generated_text_is_deterministic_and_compresses_about_3x():
     for table, block, n in blocks:
         lines = block.split("\n")
         assert lines[-1] == "" and len(lines) - 1 == n
-        ncols = len(appdb._COPY_COLUMNS[table])
+        ncols = len(COPY_COLUMNS[table])
         assert all(line.count("\t") == ncols - 1 for line in lines[:-1]), table
     ratio = len(raw) / len(zstandard.ZstdCompressor(level=1).compress(raw))
     assert 2.5 <= ratio <= 4.0, ratio

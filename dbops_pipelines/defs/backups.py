@@ -203,7 +203,9 @@ def build_backup_defs(cfg: FleetConfig) -> dg.Definitions:
         checks.append(build_integrity_check(target))
         job = dg.define_asset_job(
             backup_job_name(target),
-            selection=dg.AssetSelection.assets(backup_asset_key(target), retention_asset_key(target)),
+            # Only the integrity check: restore verification runs on its own schedule.
+            selection=dg.AssetSelection.assets(backup_asset_key(target), retention_asset_key(target)).without_checks()
+            | dg.AssetSelection.checks(dg.AssetCheckKey(backup_asset_key(target), "stored_backup_integrity")),
             description=f"Back up `{target}`, check the stored object, then apply retention.",
             tags={"dbops/target": target, "dbops/server": cfg.server_of(target)},
         )
