@@ -45,12 +45,16 @@ def _checked(chunks: Iterable[bytes], manifest: BackupManifest) -> Iterator[byte
         sha.update(chunk)
         size += len(chunk)
         yield chunk
-    if size != manifest.stored_bytes or sha.hexdigest() != manifest.sha256:
-        raise IntegrityError(
-            f"backup {manifest.backup_id}: stored object does not match its manifest "
-            f"(size {size} vs {manifest.stored_bytes}, sha256 {sha.hexdigest()[:12]}… vs {manifest.sha256[:12]}…)",
-            "do not use this backup; restore from another one",
-        )
+    if size < manifest.stored_bytes:
+        problem = f"is truncated: the stored object has {size} bytes, its manifest says {manifest.stored_bytes}"
+    elif size > manifest.stored_bytes:
+        problem = f"has grown: the stored object has {size} bytes, its manifest says {manifest.stored_bytes}"
+    elif sha.hexdigest() != manifest.sha256:
+        problem = f"does not match its manifest's sha256 ({sha.hexdigest()[:12]}… vs {manifest.sha256[:12]}…)"
+    else:
+        return
+    raise IntegrityError(f"backup {manifest.backup_id} (key id {manifest.key_id}) {problem}",
+                         "do not use this backup; restore from another one")
 
 
 def _held_back(chunks: Iterator[bytes]) -> Iterator[bytes]:

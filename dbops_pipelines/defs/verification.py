@@ -62,7 +62,7 @@ def build_verification_check(cfg: FleetConfig, target: str) -> dg.AssetChecksDef
     def restore_verification(context: dg.AssetCheckExecutionContext, config: VerifyConfig, dbops: DbopsFleet) -> dg.AssetCheckResult:
         fleet_cfg = dbops.config()
         try:
-            report = verify_backup(fleet_cfg, target, config.backup_id, run_id=context.run_id, log=context.log.info)
+            report = verify_backup(fleet_cfg, target, config.backup_id, run_id=context.run.run_id, log=context.log.info)
         except DbopsError as exc:
             message = redact(exc.message)
             context.log.error(message)

@@ -78,40 +78,44 @@ def verify_backup(
     log(f"verifying {manifest.backup_id} in scratch database {name} on {report.server}")
     try:
         with ScratchDatabase(admin, name) as scratch:
-            t0 = time.monotonic()
-            try:
-                restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), scratch, jobs=settings.jobs,
-                               pg_bin_dir=cfg.defaults.pg_bin_dir, on_warning=lambda line: log(f"pg_restore: {line}"))
-            except (IntegrityError, EncryptionKeyError) as exc:
-                report.findings.append(Finding("integrity", "error", manifest.backup_id, exc.message))
-                return report
-            except DbopsError as exc:
-                report.findings.append(Finding("restore", "error", manifest.backup_id, exc.message))
-                return report
-            report.rto_seconds = round(time.monotonic() - t0, 3)
-            rows, extra, checksums, fingerprint = _restored_state(scratch, manifest)
-            report.tables, table_findings = compare_tables(manifest, rows, checksums)
-            report.findings += table_findings
-            report.findings += [Finding("extra_table", "error", t, f"table {t} has {n} rows in the restored copy but none in the manifest", 0, n)
-                                for t, n in extra.items() if n]
-            expected_schema = manifest.schema_fingerprint
-            if manifest.kind == "tables":
-                expected_schema, fingerprint = (_only_selected(f, manifest.selected_tables) for f in (expected_schema, fingerprint))
-            report.findings += compare_fingerprints(expected_schema, fingerprint)
-            if settings.sanity_checks:
-                with psycopg.connect(scratch) as conn:
-                    params = {"backup_started_at": datetime.fromisoformat(manifest.started_at),
-                              "backup_finished_at": datetime.fromisoformat(manifest.finished_at), "target": target}
-                    report.sanity, sanity_findings = run_sanity_checks(conn, settings.sanity_checks, params)
-                    report.findings += sanity_findings
-            report.findings += rto_finding(report.rto_seconds, settings.rto_objective_seconds)
-            return report
-    except DbopsError:
-        raise
+            _restore_and_compare(cfg, target, manifest, scratch, report, log)
     except psycopg.Error as exc:
         report.findings.append(Finding("restore", "error", manifest.backup_id, f"verification could not finish: {redact(str(exc)).strip()}"))
-        return report
-    finally:
-        # The evidence is kept whatever the outcome (a cancelled run leaves no report: nothing was concluded).
-        if report.findings or report.rto_seconds is not None:
-            save_report(store, report)
+    # Evidence is kept for every conclusion, pass or fail. A cancelled run raises past this line
+    # and records nothing: it concluded nothing.
+    save_report(store, report)
+    return report
+
+
+def _restore_and_compare(cfg: FleetConfig, target: str, manifest, scratch: str, report: VerificationReport,
+                         log: Callable[[str], None]) -> None:
+    settings = cfg.verification_for(target)
+    store = fleet.fleet_store(cfg)
+    t0 = time.monotonic()
+    try:
+        restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), scratch, jobs=settings.jobs,
+                       pg_bin_dir=cfg.defaults.pg_bin_dir, on_warning=lambda line: log(f"pg_restore: {line}"))
+    except (IntegrityError, EncryptionKeyError) as exc:
+        report.findings.append(Finding("integrity", "error", manifest.backup_id, exc.message))
+        return
+    except DbopsError as exc:
+        report.findings.append(Finding("restore", "error", manifest.backup_id, exc.message))
+        return
+    report.rto_seconds = round(time.monotonic() - t0, 3)
+    log(f"restored in {report.rto_seconds:.1f} s; comparing with the manifest")
+    rows, extra, checksums, fingerprint = _restored_state(scratch, manifest)
+    report.tables, table_findings = compare_tables(manifest, rows, checksums)
+    report.findings += table_findings
+    report.findings += [Finding("extra_table", "error", t, f"table {t} has {n} rows in the restored copy but none in the manifest", 0, n)
+                        for t, n in extra.items() if n]
+    expected_schema = manifest.schema_fingerprint
+    if manifest.kind == "tables":
+        expected_schema, fingerprint = (_only_selected(f, manifest.selected_tables) for f in (expected_schema, fingerprint))
+    report.findings += compare_fingerprints(expected_schema, fingerprint)
+    if settings.sanity_checks:
+        with psycopg.connect(scratch) as conn:
+            params = {"backup_started_at": datetime.fromisoformat(manifest.started_at),
+                      "backup_finished_at": datetime.fromisoformat(manifest.finished_at), "target": target}
+            report.sanity, sanity_findings = run_sanity_checks(conn, settings.sanity_checks, params)
+            report.findings += sanity_findings
+    report.findings += rto_finding(report.rto_seconds, settings.rto_objective_seconds)

@@ -1,0 +1,66 @@
+"""Restore verification through Dagster: the verify job runs only the check, takes launchpad
+config, records per-table counts and the RTO, and a bad backup fails the check."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from dbops_pipelines import fleet
+from dbops_pipelines.backup.manifest import manifest_key
+from dbops_pipelines.config import load_config
+from dbops_pipelines.defs.backups import backup_asset_key
+from dbops_pipelines.definitions import build_definitions
+
+
+def test_verify_job_with_launchpad_config(write_config, sample_app):
+    path = write_config({"app": sample_app["dsn"]})
+    cfg = load_config(path)
+    older = fleet.backup_target(cfg, "app")
+    fleet.backup_target(cfg, "app")
+    defs = build_definitions(path)
+    run_config = {"ops": {"backup__app_restore_verification": {"config": {"backup_id": older.backup_id}}}}
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("verify_app").execute_in_process(instance=instance, run_config=run_config)
+        assert result.success
+        [check] = result.get_asset_check_evaluations()
+        assert check.passed and check.check_name == "restore_verification"
+        meta = check.metadata
+        assert meta["backup_id"].value == older.backup_id
+        assert meta["rto_seconds"].value > 0
+        rows = {r.data["table"]: (r.data["expected_rows"], r.data["actual_rows"]) for r in meta["tables"].value.records}
+        assert rows == {t: (n, n) for t, n in sample_app["counts"].items()}
+        assert not result.asset_materializations_for_node("backup__app")  # the check runs alone
+
+
+def test_failed_verification_fails_the_check(write_config, sample_app):
+    path = write_config({"app": sample_app["dsn"]})
+    cfg = load_config(path)
+    manifest = fleet.backup_target(cfg, "app")
+    store = fleet.fleet_store(cfg)
+    raw = json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
+    raw["table_rows"]["public.tenants"] += 7
+    store.put_bytes(manifest_key("app", manifest.backup_id), json.dumps(raw).encode())
+    defs = build_definitions(path)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("verify_app").execute_in_process(instance=instance)
+        [check] = result.get_asset_check_evaluations()
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+        assert "table public.tenants has" in check.metadata["findings"].value
+        assert manifest.backup_id in check.description
+
+
+def test_backup_job_does_not_run_verification_and_schedules_exist(write_config, sample_app):
+    defs = build_definitions(write_config({
+        "app": {"dsn": sample_app["dsn"], "verification": {"schedule": "0 5 * * 6", "timezone": "Europe/Paris"}}}))
+    backup_job = defs.resolve_job_def("backup_app")
+    with dg.instance_for_test() as instance:
+        result = backup_job.execute_in_process(instance=instance)
+        assert {c.check_name for c in result.get_asset_check_evaluations()} == {"stored_backup_integrity"}
+    schedule = defs.resolve_schedule_def("verify_app_schedule")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 5 * * 6", "Europe/Paris")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    # Verification and backups of one server share its concurrency pool.
+    [verification] = [c for c in defs.asset_checks if any(k.name == "restore_verification" for k in c.check_keys)]
+    assert verification.node_def.pool == defs.resolve_assets_def(backup_asset_key("app")).op.pool
