@@ -89,6 +89,7 @@ class VerificationSettings(_Strict):
     checksum_max_bytes: int | None = Field(None, ge=0)      # tables up to this size get content checksums
     jobs: int | None = Field(None, ge=1)                    # parallel pg_restore jobs
     sanity_checks: list[SanityCheck] | None = None
+    max_age_days: float | None = Field(None, gt=0)          # alert when no passing verification is younger
 
     @field_validator("server_dsn")
     @classmethod
@@ -100,8 +101,24 @@ class VerificationSettings(_Strict):
 
 VERIFICATION_DEFAULTS = VerificationSettings(
     schedule="0 4 * * 0", timezone="UTC", rto_objective_seconds=4 * 3600,
-    checksum_max_bytes=16 << 20, jobs=2, sanity_checks=[],
+    checksum_max_bytes=16 << 20, jobs=2, sanity_checks=[], max_age_days=8,
 )
+
+
+class SinkSettings(BaseModel):
+    """One alert destination; the keys beyond these depend on ``kind`` (docs/alerts.md).
+    Secrets are named by *_env keys and read from the environment when alerts are sent."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["slack", "webhook", "email", "pagerduty"]
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+
+
+class AlertSettings(_Strict):
+    ui_base_url: str = "http://127.0.0.1:3000"   # links in messages point at runs in this UI
+    reminder_minutes: int = Field(240, ge=1)      # an open alert is repeated this often, not every tick
+    sensor_interval_seconds: int = Field(30, ge=5)
+    sinks: list[SinkSettings] = []
 
 
 class TargetSettings(_Strict):
@@ -114,6 +131,7 @@ class TargetSettings(_Strict):
     retention: RetentionSettings | None = None
     server: str | None = None         # concurrency group; defaults to host:port of the DSN
     verification: VerificationSettings | None = None
+    rpo_hours: float | None = Field(None, gt=0)   # alert when the newest valid backup is older
 
     @field_validator("dsn")
     @classmethod
@@ -135,12 +153,14 @@ class Defaults(_Strict):
     owners: list[str] = ["team:dbops"]
     pg_bin_dir: str | None = None
     verification: VerificationSettings = VerificationSettings()
+    rpo_hours: float = Field(24, gt=0)
 
 
 class FleetConfig(_Strict):
     storage: StorageSettings = StorageSettings()
     encryption: EncryptionSettings = EncryptionSettings()
     defaults: Defaults = Defaults()
+    alerts: AlertSettings = AlertSettings()
     targets: dict[str, TargetSettings] = {}
 
     @field_validator("targets")
@@ -175,6 +195,9 @@ class FleetConfig(_Strict):
             if layer is not None:
                 merged.update({k: getattr(layer, k) for k in layer.model_fields_set})
         return VerificationSettings.model_validate(merged)
+
+    def rpo_hours_for(self, name: str) -> float:
+        return self.target(name).rpo_hours or self.defaults.rpo_hours
 
     def server_of(self, name: str) -> str:
         t = self.target(name)

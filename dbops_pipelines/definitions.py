@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from dbops_pipelines.config import config_path, load_config
+from dbops_pipelines.defs.alerts import build_alert_defs
 from dbops_pipelines.defs.backups import build_backup_defs
 from dbops_pipelines.defs.resources import DbopsFleet
 from dbops_pipelines.defs.verification import build_verification_defs
@@ -22,6 +23,7 @@ def build_definitions(path: str | Path | None = None) -> dg.Definitions:
     return dg.Definitions.merge(
         build_backup_defs(cfg),
         build_verification_defs(cfg),
+        build_alert_defs(cfg, path),
         dg.Definitions(resources={"dbops": DbopsFleet(config_path=path)}),
     )
 

@@ -106,3 +106,4 @@ def write_config(tmp_path, backup_key, monkeypatch):
         return path
 
     return write
+from dbops_pipelines_tests.receivers import http_receiver, smtp_receiver  # noqa: F401,E402

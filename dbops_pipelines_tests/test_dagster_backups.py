@@ -50,7 +50,7 @@ def test_check_fails_on_a_corrupted_object(write_config, sample_app):
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
-        check_job = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks_for_assets(backup_asset_key("app")))
+        check_job = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks(dg.AssetCheckKey(backup_asset_key("app"), "stored_backup_integrity")))
         with_check = dg.Definitions.merge(defs, dg.Definitions(jobs=[check_job]))
         result = run_job(with_check, "check_only", instance)
         [check] = result.get_asset_check_evaluations()

@@ -10,6 +10,7 @@ assets on the next reload of the code location; no code changes.
 
 
 import re
+from datetime import timedelta
 
 import dagster as dg
 
@@ -85,6 +86,8 @@ def build_backup_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
         owners=cfg.defaults.owners,
         pool=server_pool(cfg, target),
         tags={"dbops/target": target},
+        # The UI shows the asset stale past the RPO; the alert sensor raises the same condition.
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=cfg.rpo_hours_for(target))),
         description=(
             f"Encrypted pg_dump of target `{target}` ({redact(t.dsn)}), kind {t.kind}: pg_dump -Fc streamed "
             "through zstd and AES-256-GCM into the backup store, with a manifest written last. "

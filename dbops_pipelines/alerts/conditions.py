@@ -1,0 +1,133 @@
+"""What raises an alert, from plain facts the Dagster layer gathers: finished runs, check
+evaluations, and when each target last had a valid backup and a passing verification.
+
+Later features add their own conditions here, producing Observations for the same dispatcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dbops_pipelines.alerts.dispatch import Observation
+from dbops_pipelines.alerts.model import Alert
+from dbops_pipelines.config import redact
+
+EXCERPT_CHARS = 600
+
+# What the operator should do, per condition (docs/alerts.md has the longer runbook).
+WHAT_TO_DO = {
+    "run_failed": "Open the run, read the failed step's error and its 'What to do' line, fix the cause, re-run the job.",
+    "check_failed": "Open the check's latest evaluation; its findings name the backup and what differs. Do not rely on that backup until a fresh one verifies.",
+    "backup_stale": "No valid backup within the RPO: check that the schedule is running, the daemon is up and the last runs succeeded; launch the backup job now.",
+    "verification_stale": "No passing restore verification recently: check the verify schedule and launch the verify job now.",
+}
+
+
+def excerpt(text: str | None) -> str | None:
+    if not text:
+        return None
+    text = redact(text.strip())
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + " …"
+
+
+def run_url(ui_base_url: str, run_id: str | None) -> str | None:
+    return f"{ui_base_url.rstrip('/')}/runs/{run_id}" if run_id else None
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run_id: str
+    job_name: str
+    target: str
+    succeeded: bool
+    ended_at: datetime
+    error: str | None = None
+
+
+def run_observations(runs: list[FinishedRun], ui_base_url: str) -> list[Observation]:
+    """A failed run fires its job's alert; the next successful run of that job resolves it."""
+    out = []
+    for run in sorted(runs, key=lambda r: r.ended_at):
+        key = f"{run.target}/run_failed/{run.job_name}"
+        if run.succeeded:
+            out.append(Observation(key, False))
+            continue
+        out.append(Observation(key, True, Alert(
+            key=key, target=run.target, condition="run_failed", severity="critical",
+            title=f"run of {run.job_name} failed",
+            message=f"The run of job {run.job_name} for target {run.target} failed. {WHAT_TO_DO['run_failed']}",
+            occurred_at=run.ended_at.isoformat(), run_id=run.run_id, run_url=run_url(ui_base_url, run.run_id),
+            error_excerpt=excerpt(run.error),
+        )))
+    return out
+
+
+@dataclass(frozen=True)
+class CheckEvaluation:
+    target: str
+    check_name: str
+    passed: bool
+    severity: str          # "error" | "warn" as Dagster reports it
+    run_id: str | None
+    evaluated_at: datetime
+    summary: str | None = None
+
+
+def check_observations(evaluations: list[CheckEvaluation], ui_base_url: str) -> list[Observation]:
+    """A failed check fires (a failed check does not fail its run, so run alerts miss it);
+    the next passing evaluation of the same check resolves it."""
+    out = []
+    for ev in sorted(evaluations, key=lambda e: e.evaluated_at):
+        key = f"{ev.target}/check_failed/{ev.check_name}"
+        if ev.passed:
+            out.append(Observation(key, False))
+            continue
+        out.append(Observation(key, True, Alert(
+            key=key, target=ev.target, condition="check_failed",
+            severity="warning" if ev.severity.lower().startswith("warn") else "critical",
+            title=f"check {ev.check_name} failed",
+            message=f"Check {ev.check_name} on the backup of {ev.target} failed. {WHAT_TO_DO['check_failed']}",
+            occurred_at=ev.evaluated_at.isoformat(), run_id=ev.run_id, run_url=run_url(ui_base_url, ev.run_id),
+            error_excerpt=excerpt(ev.summary),
+        )))
+    return out
+
+
+@dataclass(frozen=True)
+class Freshness:
+    target: str
+    last_backup_at: datetime | None
+    rpo: timedelta
+    last_verified_at: datetime | None
+    verification_max_age: timedelta
+
+
+def _age(since: datetime | None, now: datetime) -> str:
+    if since is None:
+        return "never"
+    hours = (now - since).total_seconds() / 3600
+    return f"{hours:.1f} h ago" if hours < 72 else f"{hours / 24:.1f} days ago"
+
+
+def staleness_observations(targets: list[Freshness], now: datetime) -> list[Observation]:
+    """Silence is a failure too: fire when the newest valid backup is older than the RPO, or the
+    newest passing verification older than its maximum age, even if no run failed."""
+    out = []
+    for f in targets:
+        for condition, last, limit, severity, what in (
+            ("backup_stale", f.last_backup_at, f.rpo, "critical", "valid backup"),
+            ("verification_stale", f.last_verified_at, f.verification_max_age, "warning", "passing restore verification"),
+        ):
+            key = f"{f.target}/{condition}"
+            if last is not None and now - last <= limit:
+                out.append(Observation(key, False))
+                continue
+            hours = limit.total_seconds() / 3600
+            out.append(Observation(key, True, Alert(
+                key=key, target=f.target, condition=condition, severity=severity,
+                title=f"no {what} within {hours:g} h",
+                message=f"The newest {what} of {f.target} is from {_age(last, now)}; the limit is {hours:g} h. {WHAT_TO_DO[condition]}",
+                occurred_at=now.isoformat(),
+            )))
+    return out

@@ -1,0 +1,91 @@
+"""De-duplication, reminders and resolution: which notifications to send this tick. Pure.
+
+One open alert per key (target + condition). A condition seen firing opens an alert and
+notifies once; while it keeps firing, a reminder goes out every ``reminder`` interval instead
+of a message per tick; when it is seen cleared, a "resolved" notification closes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from dbops_pipelines.alerts.model import Alert, DeliveryResult, Notification
+
+MAX_FAILURES_KEPT = 20
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A condition seen this tick: firing (with the alert to send) or cleared."""
+
+    key: str
+    firing: bool
+    alert: Alert | None = None
+
+
+@dataclass
+class OpenAlert:
+    alert: Alert
+    opened_at: str
+    last_sent_at: str
+    sends: int = 1
+
+
+@dataclass
+class AlertState:
+    open: dict[str, OpenAlert] = field(default_factory=dict)
+    failed_deliveries: list[dict] = field(default_factory=list)   # newest last, for operators
+    marks: dict[str, str | int | float] = field(default_factory=dict)  # where event scans resume
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "open": {k: {"alert": o.alert.to_dict(), "opened_at": o.opened_at, "last_sent_at": o.last_sent_at,
+                         "sends": o.sends} for k, o in self.open.items()},
+            "failed_deliveries": self.failed_deliveries,
+            "marks": self.marks,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "AlertState":
+        if not text:
+            return cls()
+        raw = json.loads(text)
+        return cls(
+            open={k: OpenAlert(Alert.from_dict(o["alert"]), o["opened_at"], o["last_sent_at"], o["sends"])
+                  for k, o in raw.get("open", {}).items()},
+            failed_deliveries=raw.get("failed_deliveries", []),
+            marks=raw.get("marks", {}),
+        )
+
+    def record_failures(self, results: list[DeliveryResult], now: datetime) -> None:
+        for r in results:
+            if not r.ok:
+                self.failed_deliveries.append({"at": now.isoformat(), "sink": r.sink, "alert": r.alert_key,
+                                               "kind": r.notification_kind, "attempts": r.attempts, "error": r.error})
+        del self.failed_deliveries[:-MAX_FAILURES_KEPT]
+
+
+def plan_notifications(observations: list[Observation], state: AlertState, now: datetime,
+                       reminder: timedelta) -> list[Notification]:
+    """Update ``state`` in place for this tick's observations (in order) and return what to send."""
+    out: list[Notification] = []
+    stamp = now.isoformat()
+    for obs in observations:
+        current = state.open.get(obs.key)
+        if obs.firing:
+            if obs.alert is None:
+                raise ValueError(f"firing observation {obs.key} needs an alert")
+            if current is None:
+                state.open[obs.key] = OpenAlert(obs.alert, stamp, stamp)
+                out.append(Notification("firing", obs.alert))
+            else:
+                current.alert = obs.alert  # keep the newest details (run id, error)
+                if now - datetime.fromisoformat(current.last_sent_at) >= reminder:
+                    current.last_sent_at, current.sends = stamp, current.sends + 1
+                    out.append(Notification("reminder", obs.alert))
+        elif current is not None:
+            del state.open[obs.key]
+            out.append(Notification("resolved", current.alert))
+    return out

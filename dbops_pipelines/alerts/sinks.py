@@ -1,0 +1,257 @@
+"""Where alerts go: a generic JSON webhook, Slack, e-mail (SMTP) and PagerDuty (Events API v2).
+
+Every sink has the same small interface (``accepts`` for severity routing, ``send`` for one
+attempt that raises on failure); ``deliver`` fans notifications out with retries and turns
+every failure into a ``DeliveryResult`` so that one sink being down never stops the others.
+Nothing secret (webhook tokens, routing keys, SMTP passwords, DSN passwords) may leave through
+a sink's name, a payload or a delivery error.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import time
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from email.message import EmailMessage
+from urllib.parse import urlsplit
+
+import requests
+
+from dbops_pipelines.alerts.model import SEVERITIES, Alert, DeliveryResult, Notification, severity_rank
+from dbops_pipelines.config import redact
+from dbops_pipelines.errors import ConfigError
+
+_MAX_ERROR = 300
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: safe to show (no user info, path or query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of a URL that may carry a token: itself, its path+query, long path segments."""
+    parts = urlsplit(url)
+    tail = parts.path + (f"?{parts.query}" if parts.query else "")
+    found = [url, tail if len(tail) > 1 else "", parts.query, parts.password or ""]
+    found += [seg for seg in parts.path.split("/") if len(seg) >= 12]
+    return [s for s in found if s]
+
+
+def _sanitized(n: Notification) -> Notification:
+    """The notification with DSN passwords removed from every free-text field of the alert."""
+    a = n.alert
+    clean = {f: redact(getattr(a, f)) for f in ("title", "message", "error_excerpt", "run_url")
+             if getattr(a, f)}
+    return replace(n, alert=replace(a, **clean))
+
+
+class Sink(ABC):
+    name: str
+    min_severity: str
+
+    def __init__(self, name: str, min_severity: str):
+        if min_severity not in SEVERITIES:
+            raise ConfigError(f"unknown alert severity {min_severity!r}", f"use one of {', '.join(SEVERITIES)}")
+        self.name, self.min_severity = name, min_severity
+
+    def accepts(self, n: Notification) -> bool:
+        # resolved notifications follow the same rule, so they reach exactly where the firing went
+        return severity_rank(n.alert.severity) >= severity_rank(self.min_severity)
+
+    @abstractmethod
+    def send(self, n: Notification) -> None:
+        """One delivery attempt; raises on failure."""
+
+    def secrets(self) -> list[str]:
+        """Secret values this sink knows of, stripped from any error it reports."""
+        return []
+
+    def scrub(self, text: str) -> str:
+        text = redact(text)
+        for secret in sorted(self.secrets(), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} min_severity={self.min_severity}>"
+
+
+class _HttpSink(Sink):
+    def __init__(self, kind: str, url: str, min_severity: str, headers: dict[str, str] | None, timeout: float):
+        super().__init__(f"{kind} {_origin(url)}", min_severity)
+        self.url, self.headers, self.timeout = url, dict(headers or {}), timeout
+
+    def secrets(self) -> list[str]:
+        return _url_secrets(self.url) + [v for v in self.headers.values() if v]
+
+    def _post(self, payload: dict) -> requests.Response:
+        resp = requests.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
+        if not 200 <= resp.status_code < 300:
+            raise RuntimeError(f"HTTP {resp.status_code} from {_origin(self.url)}: {resp.text[:200].strip()}")
+        return resp
+
+
+class WebhookSink(_HttpSink):
+    def __init__(self, url: str, min_severity: str = "warning", headers: dict[str, str] | None = None,
+                 timeout: float = 10):
+        super().__init__("webhook", url, min_severity, headers, timeout)
+
+    def send(self, n: Notification) -> None:
+        n = _sanitized(n)
+        self._post({"event": n.kind, "subject": n.subject, "text": n.text(), "alert": n.alert.to_dict()})
+
+
+def _mrkdwn_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class SlackSink(_HttpSink):
+    def __init__(self, url: str, min_severity: str = "warning", timeout: float = 10):
+        super().__init__("slack", url, min_severity, None, timeout)
+
+    def send(self, n: Notification) -> None:
+        n = _sanitized(n)
+        body = _mrkdwn_escape(n.text())[:2800]   # a section's text is limited to 3000 characters
+        if n.alert.run_url:
+            body += f"\n<{n.alert.run_url}|View the Dagster run>"
+        self._post({"text": n.subject, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body}}]})
+
+
+class EmailSink(Sink):
+    def __init__(self, host: str, port: int, sender: str, recipients: list[str], username: str | None = None,
+                 password: str | None = None, starttls: bool = True, min_severity: str = "warning",
+                 timeout: float = 10, ssl_context: ssl.SSLContext | None = None):
+        if not recipients:
+            raise ConfigError("an e-mail alert sink has no recipients", "list at least one address in `recipients`")
+        super().__init__(f"email to {', '.join(recipients)}", min_severity)
+        self.host, self.port, self.sender, self.recipients = host, int(port), sender, list(recipients)
+        self.username, self.password, self.starttls = username, password, starttls
+        self.timeout, self.ssl_context = timeout, ssl_context
+
+    def secrets(self) -> list[str]:
+        return [self.password] if self.password else []
+
+    def send(self, n: Notification) -> None:
+        n = _sanitized(n)
+        msg = EmailMessage()
+        msg["Subject"], msg["From"], msg["To"] = n.subject, self.sender, ", ".join(self.recipients)
+        msg.set_content(n.text())
+        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            smtp.ehlo()
+            if self.starttls:
+                smtp.starttls(context=self.ssl_context or ssl.create_default_context())
+                smtp.ehlo()
+            if self.username:
+                smtp.login(self.username, self.password or "")
+            smtp.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
+
+
+class PagerDutySink(_HttpSink):
+    def __init__(self, routing_key: str, url: str = "https://events.pagerduty.com/v2/enqueue",
+                 min_severity: str = "critical", timeout: float = 10):
+        super().__init__("pagerduty", url, min_severity, None, timeout)
+        self.routing_key = routing_key
+
+    def secrets(self) -> list[str]:
+        return super().secrets() + [self.routing_key]
+
+    def send(self, n: Notification) -> None:
+        n = _sanitized(n)
+        a: Alert = n.alert
+        if n.kind == "resolved":
+            self._post({"routing_key": self.routing_key, "event_action": "resolve", "dedup_key": a.key})
+            return
+        details = {k: v for k, v in {"notification": n.kind, "target": a.target, "condition": a.condition,
+                                     "message": a.message, "run_id": a.run_id,
+                                     "error_excerpt": a.error_excerpt}.items() if v}
+        event = {"routing_key": self.routing_key, "event_action": "trigger", "dedup_key": a.key,
+                 "payload": {"summary": n.subject[:1024], "source": f"dbops:{a.target}",
+                             "severity": {"critical": "critical", "warning": "warning"}.get(a.severity, "info"),
+                             "timestamp": a.occurred_at, "custom_details": details}}
+        if a.run_url:
+            event["links"] = [{"href": a.run_url, "text": "Dagster run"}]
+        self._post(event)
+
+
+def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int = 3, backoff: float = 0.5,
+            sleep=time.sleep) -> list[DeliveryResult]:
+    """Send every notification to every sink that accepts it; never raises for a failing sink."""
+    results = []
+    for n in notifications:
+        for sink in sinks:
+            if not sink.accepts(n):
+                continue
+            error, tries = None, 0
+            for tries in range(1, max(1, attempts) + 1):
+                try:
+                    sink.send(n)
+                    error = None
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure of one sink is reported, not raised
+                    error = sink.scrub(f"{type(exc).__name__}: {exc}")
+                    if len(error) > _MAX_ERROR:
+                        error = error[:_MAX_ERROR - 3] + "..."
+                    if tries < attempts:
+                        sleep(backoff * 2 ** (tries - 1))
+            results.append(DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
+                                          ok=error is None, attempts=tries, error=error))
+    return results
+
+
+def _env(environ, var: str, where: str) -> str:
+    value = environ.get(var)
+    if not value:
+        raise ConfigError(f"{where}: environment variable {var} is not set",
+                          f"export {var} in the environment of the Dagster code location and daemon, "
+                          "or remove/fix that sink in the alerts section of dbops.yaml")
+    return value
+
+
+def _require(spec: dict, key: str, where: str):
+    if spec.get(key) in (None, "", []):
+        raise ConfigError(f"{where}: `{key}` is required", f"add `{key}` to that sink in dbops.yaml")
+    return spec[key]
+
+
+def build_sinks(specs: list[dict], environ=os.environ) -> list[Sink]:
+    """Sinks from plain dicts (see the module docs); secrets only come from *_env variables."""
+    sinks: list[Sink] = []
+    for i, spec in enumerate(specs or []):
+        kind = spec.get("kind")
+        where = f"alert sink #{i + 1} ({kind})"
+        common = {"timeout": spec["timeout"]} if spec.get("timeout") else {}
+        if spec.get("min_severity"):
+            common["min_severity"] = spec["min_severity"]
+        if kind in ("webhook", "slack"):
+            if spec.get("url_env"):
+                url = _env(environ, spec["url_env"], where)
+            elif spec.get("url"):
+                url = spec["url"]
+            else:
+                raise ConfigError(f"{where}: needs `url_env` (or `url`)",
+                                  "name the environment variable holding the webhook URL in `url_env`")
+            if kind == "slack":
+                sinks.append(SlackSink(url, **common))
+            else:
+                headers = {h: _env(environ, var, where) for h, var in (spec.get("headers_env") or {}).items()}
+                sinks.append(WebhookSink(url, headers=headers, **common))
+        elif kind == "email":
+            recipients = _require(spec, "recipients", where)
+            password = _env(environ, spec["password_env"], where) if spec.get("password_env") else None
+            sinks.append(EmailSink(_require(spec, "host", where), int(spec.get("port") or 587),
+                                   _require(spec, "sender", where),
+                                   [recipients] if isinstance(recipients, str) else list(recipients),
+                                   username=spec.get("username"), password=password,
+                                   starttls=spec.get("starttls", True) is not False, **common))
+        elif kind == "pagerduty":
+            key = _env(environ, _require(spec, "routing_key_env", where), where)
+            sinks.append(PagerDutySink(key, **({"url": spec["url"]} if spec.get("url") else {}), **common))
+        else:
+            raise ConfigError(f"{where}: unknown sink kind {kind!r}", "use one of slack, webhook, email, pagerduty")
+    return sinks

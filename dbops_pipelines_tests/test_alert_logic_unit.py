@@ -1,0 +1,85 @@
+"""Alert conditions and de-duplication: pure logic, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from dbops_pipelines.alerts.conditions import (CheckEvaluation, FinishedRun, Freshness, check_observations,
+                                               run_observations, staleness_observations)
+from dbops_pipelines.alerts.dispatch import AlertState, Observation, plan_notifications
+from dbops_pipelines.alerts.model import Alert
+
+T0 = datetime(2026, 11, 24, 2, 0, tzinfo=timezone.utc)
+REMIND = timedelta(hours=4)
+
+
+def alert(key="app/run_failed/backup_app", run_id="r1") -> Alert:
+    return Alert(key, "app", "run_failed", "critical", "run failed", "msg", T0.isoformat(), run_id)
+
+
+def kinds(notifications) -> list[tuple[str, str]]:
+    return [(n.kind, n.alert.key) for n in notifications]
+
+
+def test_one_open_alert_per_key_with_reminders_and_resolve():
+    state = AlertState()
+    fire = Observation("app/run_failed/backup_app", True, alert())
+    assert kinds(plan_notifications([fire], state, T0, REMIND)) == [("firing", fire.key)]
+    for minutes in (1, 30, 239):  # every tick while firing: silence until the reminder is due
+        assert plan_notifications([fire], state, T0 + timedelta(minutes=minutes), REMIND) == []
+    assert kinds(plan_notifications([fire], state, T0 + REMIND, REMIND)) == [("reminder", fire.key)]
+    assert plan_notifications([fire], state, T0 + REMIND + timedelta(minutes=5), REMIND) == []
+    again = AlertState.from_json(state.to_json())  # survives the cursor round trip
+    resolved = plan_notifications([Observation(fire.key, False)], again, T0 + 2 * REMIND, REMIND)
+    assert kinds(resolved) == [("resolved", fire.key)] and again.open == {}
+    assert plan_notifications([Observation(fire.key, False)], again, T0 + 3 * REMIND, REMIND) == []
+
+
+def test_failure_then_success_in_one_tick_alerts_and_resolves():
+    runs = [FinishedRun("r2", "backup_app", "app", True, T0 + timedelta(minutes=5)),
+            FinishedRun("r1", "backup_app", "app", False, T0, "could not connect: postgresql://u:pw@h/app")]
+    obs = run_observations(runs, "http://ui:3000/")
+    assert [o.firing for o in obs] == [True, False]  # ordered by end time
+    assert obs[0].alert.run_url == "http://ui:3000/runs/r1"
+    assert "pw@" not in obs[0].alert.error_excerpt and "***" in obs[0].alert.error_excerpt
+    state = AlertState()
+    assert [n.kind for n in plan_notifications(obs, state, T0 + timedelta(minutes=6), REMIND)] == ["firing", "resolved"]
+
+
+def test_keys_are_per_target_and_condition():
+    state = AlertState()
+    a = Observation("app/run_failed/backup_app", True, alert())
+    b = Observation("billing/run_failed/backup_billing", True, alert("billing/run_failed/backup_billing"))
+    assert len(plan_notifications([a, b], state, T0, REMIND)) == 2
+    assert len(state.open) == 2
+
+
+def test_check_severity_and_resolution():
+    evs = [CheckEvaluation("app", "restore_verification", False, "WARN", "r1", T0, "restore took 900 s"),
+           CheckEvaluation("app", "stored_backup_integrity", False, "ERROR", "r2", T0, "failed authentication")]
+    obs = check_observations(evs, "http://ui")
+    assert [(o.alert.severity, o.key) for o in obs] == [("warning", "app/check_failed/restore_verification"),
+                                                         ("critical", "app/check_failed/stored_backup_integrity")]
+    ok = check_observations([CheckEvaluation("app", "restore_verification", True, "ERROR", "r3", T0)], "http://ui")
+    assert ok == [Observation("app/check_failed/restore_verification", False)]
+
+
+def test_staleness_fires_on_silence_and_clears():
+    now = T0 + timedelta(days=2)
+    fresh = Freshness("app", now - timedelta(hours=3), timedelta(hours=24), now - timedelta(days=2), timedelta(days=8))
+    assert all(not o.firing for o in staleness_observations([fresh], now))
+    stale = Freshness("app", now - timedelta(hours=30), timedelta(hours=24), None, timedelta(days=8))
+    obs = {o.key: o for o in staleness_observations([stale], now)}
+    assert obs["app/backup_stale"].alert.severity == "critical"
+    assert "30.0 h ago; the limit is 24 h" in obs["app/backup_stale"].alert.message
+    assert obs["app/verification_stale"].alert.severity == "warning"
+    assert "from never" in obs["app/verification_stale"].alert.message
+
+
+def test_delivery_failures_are_kept_bounded():
+    from dbops_pipelines.alerts.model import DeliveryResult
+
+    state = AlertState()
+    for i in range(30):
+        state.record_failures([DeliveryResult("webhook http://h", "firing", f"k{i}", False, 3, "HTTP 500")], T0)
+    assert len(state.failed_deliveries) == 20 and state.failed_deliveries[-1]["alert"] == "k29"

@@ -1,0 +1,306 @@
+"""Alert sinks against real local receivers: an HTTP server and an SMTP server (STARTTLS + AUTH)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dbops_pipelines.alerts.model import Alert, Notification
+from dbops_pipelines.alerts.sinks import (
+    EmailSink,
+    PagerDutySink,
+    Sink,
+    SlackSink,
+    WebhookSink,
+    build_sinks,
+    deliver,
+)
+from dbops_pipelines.errors import ConfigError
+from dbops_pipelines_tests.receivers import (  # noqa: F401  (fixtures)
+    SMTP_TEST_PASSWORD,
+    SMTP_TEST_USER,
+    closed_port_url,
+    http_receiver,
+    smtp_receiver,
+)
+
+NO_SLEEP = {"sleep": lambda s: None}
+WEBHOOK_TOKEN = "XoXbT0kenInPath9f3a"
+ROUTING_KEY = "R0utingKey0123456789abcdefABCDEF"
+LEAKY_DSN = "postgresql://u:hunter2@h/db"
+
+
+def make_alert(severity="critical", key="app/run_failed/backup_app", **kw) -> Alert:
+    fields = dict(
+        key=key, target="app", condition="run_failed", severity=severity,
+        title="backup_app failed", message="The backup of app failed; check the run logs.",
+        occurred_at="2024-05-01T03:00:00+00:00", run_id="abc123",
+        run_url="http://dagster.local:3000/runs/abc123", error_excerpt="pg_dump: error: connection refused",
+    )
+    fields.update(kw)
+    return Alert(**fields)
+
+
+def firing(severity="critical", **kw) -> Notification:
+    return Notification("firing", make_alert(severity, **kw))
+
+
+def email_sink(smtp, **kw) -> EmailSink:
+    args = dict(host=smtp.host, port=smtp.port, sender="dbops@example.test",
+                recipients=["dba@example.test", "oncall@example.test"], username=SMTP_TEST_USER,
+                password=SMTP_TEST_PASSWORD, starttls=True, min_severity="critical",
+                ssl_context=smtp.client_ssl_context(), timeout=5)
+    args.update(kw)
+    return EmailSink(**args)
+
+
+# --- payload shapes --------------------------------------------------------------------------
+
+def test_webhook_posts_the_notification_as_json(http_receiver):
+    n = firing()
+    sink = WebhookSink(http_receiver.url("/hook"), headers={"Authorization": "Bearer abc"})
+    [result] = deliver([n], [sink], **NO_SLEEP)
+    assert result.ok and result.attempts == 1 and result.error is None
+    assert result.sink == f"webhook http://127.0.0.1:{http_receiver.port}"
+    [req] = http_receiver.received("/hook")
+    assert req.headers["Authorization"] == "Bearer abc"
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.body == {"event": "firing", "subject": n.subject, "text": n.text(), "alert": n.alert.to_dict()}
+
+
+def test_slack_payload_has_a_mrkdwn_section_with_the_run_link(http_receiver):
+    n = firing(message="x < y & z")
+    [result] = deliver([n], [SlackSink(http_receiver.url("/slack/services/T0/B0/" + WEBHOOK_TOKEN))], **NO_SLEEP)
+    assert result.ok
+    assert WEBHOOK_TOKEN not in result.sink
+    [req] = http_receiver.received("/slack")
+    assert req.body["text"] == n.subject
+    [section] = req.body["blocks"]
+    assert section["type"] == "section" and section["text"]["type"] == "mrkdwn"
+    text = section["text"]["text"]
+    assert "x &lt; y &amp; z" in text and "target: app" in text
+    assert "<http://dagster.local:3000/runs/abc123|" in text
+
+
+def test_pagerduty_trigger_then_resolve_with_the_same_dedup_key(http_receiver):
+    sink = PagerDutySink(ROUTING_KEY, url=http_receiver.url("/pagerduty/v2/enqueue"))
+    alert = make_alert("critical")
+    results = deliver([Notification("firing", alert), Notification("resolved", alert)], [sink], **NO_SLEEP)
+    assert [r.ok for r in results] == [True, True]
+    assert ROUTING_KEY not in results[0].sink
+    trigger, resolve = [r.body for r in http_receiver.received("/pagerduty")]
+    assert trigger["routing_key"] == ROUTING_KEY and trigger["event_action"] == "trigger"
+    assert trigger["dedup_key"] == alert.key
+    payload = trigger["payload"]
+    assert payload["summary"] == Notification("firing", alert).subject
+    assert payload["source"] == "dbops:app" and payload["severity"] == "critical"
+    assert payload["timestamp"] == alert.occurred_at
+    assert payload["custom_details"]["condition"] == "run_failed"
+    assert payload["custom_details"]["error_excerpt"] == alert.error_excerpt
+    assert trigger["links"] == [{"href": alert.run_url, "text": "Dagster run"}]
+    assert resolve == {"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": alert.key}
+
+
+def test_pagerduty_summary_is_capped_and_severity_mapped(http_receiver):
+    sink = PagerDutySink(ROUTING_KEY, url=http_receiver.url("/pagerduty"), min_severity="info")
+    deliver([firing("info", title="t" * 2000, run_url=None)], [sink], **NO_SLEEP)
+    [req] = http_receiver.received("/pagerduty")
+    assert len(req.body["payload"]["summary"]) == 1024
+    assert req.body["payload"]["severity"] == "info"
+    assert "links" not in req.body
+
+
+def test_email_over_starttls_with_auth(smtp_receiver):
+    n = firing()
+    [result] = deliver([n], [email_sink(smtp_receiver)], **NO_SLEEP)
+    assert result.ok, result.error
+    assert result.sink == "email to dba@example.test, oncall@example.test"
+    [mail] = smtp_receiver.messages
+    assert mail.tls and mail.login == SMTP_TEST_USER
+    assert mail.mail_from == "dbops@example.test"
+    assert mail.rcpt_tos == ["dba@example.test", "oncall@example.test"]
+    assert mail.message["Subject"] == n.subject
+    assert mail.message["To"] == "dba@example.test, oncall@example.test"
+    assert mail.message.get_content_type() == "text/plain"
+    assert mail.message.get_content().splitlines() == n.text().splitlines()   # CRLF on the wire
+
+
+def test_email_wrong_password_or_no_tls_fails_without_leaking(smtp_receiver):
+    wrong = "not-the-Password-777"
+    bad_login = email_sink(smtp_receiver, password=wrong)
+    no_tls = email_sink(smtp_receiver, starttls=False)
+    untrusted = email_sink(smtp_receiver, ssl_context=None)   # default trust store: self-signed rejected
+    results = deliver([firing()], [bad_login, no_tls, untrusted], attempts=2, **NO_SLEEP)
+    assert [(r.ok, r.attempts) for r in results] == [(False, 2)] * 3
+    assert "SMTPAuthenticationError" in results[0].error
+    assert "CERTIFICATE_VERIFY_FAILED" in results[2].error
+    for r in results:
+        assert wrong not in r.error and SMTP_TEST_PASSWORD not in r.error
+    assert smtp_receiver.messages == []
+    assert (SMTP_TEST_USER, False) in smtp_receiver.auth_attempts
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+def test_routing_by_min_severity(http_receiver, smtp_receiver):
+    sinks = [
+        WebhookSink(http_receiver.url("/hook")),
+        SlackSink(http_receiver.url("/slack")),
+        PagerDutySink(ROUTING_KEY, url=http_receiver.url("/pagerduty")),
+        email_sink(smtp_receiver),
+    ]
+    warning = make_alert("warning", key="app/backup_stale", condition="backup_stale")
+    results = deliver([Notification("firing", warning), Notification("resolved", warning)], sinks, **NO_SLEEP)
+    assert [(r.sink.split()[0], r.notification_kind, r.ok) for r in results] == [
+        ("webhook", "firing", True), ("slack", "firing", True),
+        ("webhook", "resolved", True), ("slack", "resolved", True)]
+    assert http_receiver.received("/pagerduty") == [] and smtp_receiver.messages == []
+
+    results = deliver([firing("critical")], sinks, **NO_SLEEP)
+    assert [r.sink.split()[0] for r in results if r.ok] == ["webhook", "slack", "pagerduty", "email"]
+    assert len(http_receiver.received("/pagerduty")) == 1 and len(smtp_receiver.messages) == 1
+
+    results = deliver([firing("info")], sinks, **NO_SLEEP)
+    assert results == []
+
+
+# --- failures --------------------------------------------------------------------------------
+
+def test_sink_answering_500_is_retried_and_reported_while_others_deliver(http_receiver):
+    sleeps = []
+    http_receiver.fail_next(100, path_prefix="/hook")
+    sinks = [WebhookSink(http_receiver.url("/hook/" + WEBHOOK_TOKEN)), SlackSink(http_receiver.url("/slack"))]
+    down, slack = deliver([firing()], sinks, attempts=3, backoff=0.5, sleep=sleeps.append)
+    assert not down.ok and down.attempts == 3
+    assert "HTTP 500" in down.error and WEBHOOK_TOKEN not in down.error
+    assert sleeps == [0.5, 1.0]                     # exponential backoff, no sleep after the last try
+    assert len(http_receiver.received("/hook", ok_only=False)) == 3
+    assert slack.ok and len(http_receiver.received("/slack")) == 1
+
+
+def test_transient_failure_recovers_within_attempts(http_receiver):
+    http_receiver.fail_next(2, path_prefix="/hook")
+    [result] = deliver([firing()], [WebhookSink(http_receiver.url("/hook"))], attempts=3, **NO_SLEEP)
+    assert result.ok and result.attempts == 3 and result.error is None
+    assert len(http_receiver.received("/hook")) == 1
+
+
+def test_closed_port_is_retried_and_reported_while_others_deliver(http_receiver, smtp_receiver):
+    dead = closed_port_url("/services/T0/B0/" + WEBHOOK_TOKEN)
+    sinks = [WebhookSink(dead), PagerDutySink(ROUTING_KEY, url=closed_port_url("/v2/enqueue")),
+             email_sink(smtp_receiver, port=int(closed_port_url().split(":")[2].split("/")[0])),
+             SlackSink(http_receiver.url("/slack"))]
+    results = deliver([firing()], sinks, attempts=2, **NO_SLEEP)
+    assert [(r.ok, r.attempts) for r in results] == [(False, 2), (False, 2), (False, 2), (True, 1)]
+    assert "ConnectionError" in results[0].error
+    for r in results[:3]:
+        assert WEBHOOK_TOKEN not in r.error and ROUTING_KEY not in r.error and SMTP_TEST_PASSWORD not in r.error
+        assert len(r.error) <= 300
+    assert len(http_receiver.received("/slack")) == 1
+
+
+def test_stopped_receiver_counts_as_down(http_receiver):
+    url = http_receiver.url("/hook")
+    http_receiver.stop()
+    [result] = deliver([firing()], [WebhookSink(url)], attempts=2, **NO_SLEEP)
+    assert not result.ok and result.attempts == 2
+
+
+def test_delivery_errors_never_contain_secrets(http_receiver):
+    # the receiver echoes the path and the start of the body in its 500 answer, as some servers do
+    http_receiver.fail_next(100)
+    sinks = [WebhookSink(http_receiver.url(f"/hook/{WEBHOOK_TOKEN}?token={WEBHOOK_TOKEN}x"),
+                         headers={"X-Api-Key": "HeaderSecret-42"}),
+             SlackSink(http_receiver.url("/slack/services/T0/B0/" + WEBHOOK_TOKEN)),
+             PagerDutySink(ROUTING_KEY, url=http_receiver.url("/pagerduty"))]
+    results = deliver([firing()], sinks, attempts=1, **NO_SLEEP)
+    assert len(results) == 3 and not any(r.ok for r in results)
+    for r in results:
+        assert "HTTP 500" in r.error and "***" in r.error
+        for secret in (WEBHOOK_TOKEN, ROUTING_KEY, "HeaderSecret-42"):
+            assert secret not in r.error and secret not in r.sink
+
+
+def test_exception_text_is_redacted_and_truncated():
+    class Broken(Sink):
+        def send(self, n):
+            raise RuntimeError(f"cannot reach {LEAKY_DSN} password=sekrit " + "x" * 1000)
+
+    [result] = deliver([firing()], [Broken("broken", "info")], attempts=1, **NO_SLEEP)
+    assert not result.ok and len(result.error) <= 300
+    assert "hunter2" not in result.error and "sekrit" not in result.error
+    assert "postgresql://u:***@h/db" in result.error
+
+
+def test_dsn_passwords_are_redacted_in_every_payload(http_receiver, smtp_receiver):
+    alert = make_alert("critical", message=f"could not connect to {LEAKY_DSN}",
+                       error_excerpt=f'psql: error: connection to "{LEAKY_DSN}" failed',
+                       title=f"backup of {LEAKY_DSN} failed")
+    sinks = [WebhookSink(http_receiver.url("/hook")), SlackSink(http_receiver.url("/slack")),
+             PagerDutySink(ROUTING_KEY, url=http_receiver.url("/pagerduty")), email_sink(smtp_receiver)]
+    results = deliver([Notification("firing", alert), Notification("reminder", alert),
+                       Notification("resolved", alert)], sinks, **NO_SLEEP)
+    assert len(results) == 12 and all(r.ok for r in results)
+    assert len(http_receiver.requests) == 9 and len(smtp_receiver.messages) == 3
+    for req in http_receiver.requests:
+        assert b"hunter2" not in req.raw
+    for path in ("/hook", "/slack", "/pagerduty"):
+        assert "postgresql://u:***@h/db" in json.dumps(http_receiver.received(path)[0].body)
+    for mail in smtp_receiver.messages:
+        raw = mail.message.as_string()
+        assert "hunter2" not in raw and "postgresql://u:***@h/db" in raw
+
+
+# --- build_sinks -----------------------------------------------------------------------------
+
+def test_build_sinks_from_specs():
+    env = {"SLACK_URL": "https://hooks.slack.com/services/T0/B0/" + WEBHOOK_TOKEN,
+           "HOOK_URL": "https://hooks.example.com/in/" + WEBHOOK_TOKEN, "HOOK_KEY": "HeaderSecret-42",
+           "SMTP_PW": SMTP_TEST_PASSWORD, "PD_KEY": ROUTING_KEY}
+    slack, hook, mail, pd = build_sinks([
+        {"kind": "slack", "url_env": "SLACK_URL"},
+        {"kind": "webhook", "url_env": "HOOK_URL", "headers_env": {"X-Api-Key": "HOOK_KEY"},
+         "min_severity": "info"},
+        {"kind": "email", "host": "smtp.example.com", "username": "u", "password_env": "SMTP_PW",
+         "sender": "dbops@example.com", "recipients": ["dba@example.com"], "min_severity": "critical"},
+        {"kind": "pagerduty", "routing_key_env": "PD_KEY"},
+    ], environ=env)
+    assert isinstance(slack, SlackSink) and slack.url == env["SLACK_URL"] and slack.min_severity == "warning"
+    assert isinstance(hook, WebhookSink) and hook.headers == {"X-Api-Key": "HeaderSecret-42"}
+    assert hook.min_severity == "info"
+    assert isinstance(mail, EmailSink) and mail.port == 587 and mail.starttls and mail.password == SMTP_TEST_PASSWORD
+    assert isinstance(pd, PagerDutySink) and pd.routing_key == ROUTING_KEY and pd.min_severity == "critical"
+    assert pd.url == "https://events.pagerduty.com/v2/enqueue"
+    assert [s.name for s in (slack, hook, mail, pd)] == [
+        "slack https://hooks.slack.com", "webhook https://hooks.example.com", "email to dba@example.com",
+        "pagerduty https://events.pagerduty.com"]
+    for s in (slack, hook, mail, pd):
+        assert not any(secret in repr(s) for secret in (WEBHOOK_TOKEN, ROUTING_KEY, SMTP_TEST_PASSWORD))
+
+
+@pytest.mark.parametrize("spec, var", [
+    ({"kind": "slack", "url_env": "DBOPS_TEST_MISSING_SLACK"}, "DBOPS_TEST_MISSING_SLACK"),
+    ({"kind": "webhook", "url": "https://h.example/x", "headers_env": {"Authorization": "DBOPS_TEST_NO_AUTH"}},
+     "DBOPS_TEST_NO_AUTH"),
+    ({"kind": "email", "host": "h", "username": "u", "password_env": "DBOPS_TEST_NO_PW", "sender": "a@b",
+      "recipients": ["c@d"]}, "DBOPS_TEST_NO_PW"),
+    ({"kind": "pagerduty", "routing_key_env": "DBOPS_TEST_NO_PD"}, "DBOPS_TEST_NO_PD"),
+])
+def test_build_sinks_missing_env_var(spec, var):
+    with pytest.raises(ConfigError) as exc:
+        build_sinks([spec], environ={"OTHER": "secret-value"})
+    assert var in str(exc.value) and "secret-value" not in str(exc.value)
+    assert exc.value.hint and "export" in exc.value.hint
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ({"kind": "carrier-pigeon"}, "unknown sink kind"),
+    ({"kind": "slack"}, "url_env"),
+    ({"kind": "email", "host": "h", "sender": "a@b"}, "recipients"),
+    ({"kind": "pagerduty"}, "routing_key_env"),
+    ({"kind": "webhook", "url": "https://h.example/x", "min_severity": "loud"}, "severity"),
+])
+def test_build_sinks_rejects_bad_specs(spec, needle):
+    with pytest.raises(ConfigError, match=needle):
+        build_sinks([spec], environ={})
