@@ -83,3 +83,11 @@ def test_delivery_failures_are_kept_bounded():
     for i in range(30):
         state.record_failures([DeliveryResult("webhook http://h", "firing", f"k{i}", False, 3, "HTTP 500")], T0)
     assert len(state.failed_deliveries) == 20 and state.failed_deliveries[-1]["alert"] == "k29"
+
+
+def test_event_conditions_are_reminded_until_resolved():
+    state = AlertState()
+    fire = Observation("app/check_failed/restore_verification", True, alert("app/check_failed/restore_verification"))
+    plan_notifications([fire], state, T0, REMIND)
+    assert plan_notifications([], state, T0 + timedelta(hours=1), REMIND) == []
+    assert kinds(plan_notifications([], state, T0 + REMIND, REMIND)) == [("reminder", fire.key)]

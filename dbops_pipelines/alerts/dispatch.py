@@ -88,4 +88,11 @@ def plan_notifications(observations: list[Observation], state: AlertState, now: 
         elif current is not None:
             del state.open[obs.key]
             out.append(Notification("resolved", current.alert))
+    # Event-based conditions (a failed run, a failed check) are seen once and stay open until
+    # their success is seen: remind about them too, not only about conditions seen this tick.
+    observed = {obs.key for obs in observations}
+    for key, current in state.open.items():
+        if key not in observed and now - datetime.fromisoformat(current.last_sent_at) >= reminder:
+            current.last_sent_at, current.sends = stamp, current.sends + 1
+            out.append(Notification("reminder", current.alert))
     return out

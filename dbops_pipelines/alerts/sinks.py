@@ -248,7 +248,10 @@ def build_sinks(specs: list[dict], environ=os.environ) -> list[Sink]:
                                    _require(spec, "sender", where),
                                    [recipients] if isinstance(recipients, str) else list(recipients),
                                    username=spec.get("username"), password=password,
-                                   starttls=spec.get("starttls", True) is not False, **common))
+                                   starttls=spec.get("starttls", True) is not False,
+                                   # ca_file: trust a private CA (or a test server's own certificate)
+                                   ssl_context=ssl.create_default_context(cafile=spec["ca_file"]) if spec.get("ca_file") else None,
+                                   **common))
         elif kind == "pagerduty":
             key = _env(environ, _require(spec, "routing_key_env", where), where)
             sinks.append(PagerDutySink(key, **({"url": spec["url"]} if spec.get("url") else {}), **common))

@@ -48,6 +48,41 @@ def wait_for_ui(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     raise SystemExit(f"the Dagster UI did not answer at {url} within {timeout:.0f} s")
 
 
+def start_dagster_dev(config: Path, home: Path, cluster: LocalCluster, port: int,
+                      extra_env: dict | None = None) -> subprocess.Popen:
+    """`dagster dev` (webserver + daemon) for a fleet config, with run storage in ``cluster``'s
+    database "dagster" (created if missing), in its own process group."""
+    if "dagster" not in {r[0] for r in cluster.execute("SELECT datname FROM pg_database")}:
+        cluster.create_database("dagster")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    env = {**os.environ, "DBOPS_CONFIG": str(config), "DAGSTER_HOME": str(home),
+           "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(cluster.port),
+           "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "demo-trust-auth", "DAGSTER_PG_DB": "dagster",
+           **(extra_env or {})}
+    if not env.get("DBOPS_BACKUP_KEY"):
+        # A key for this session only, never written to disk: export your own
+        # DBOPS_BACKUP_KEY (from `dbops keygen`) to read demo backups across sessions.
+        env["DBOPS_BACKUP_KEY"] = generate_key()
+        print("DBOPS_BACKUP_KEY is not set: using a fresh key for this session only", flush=True)
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.Popen([str(dagster), "dev", "-m", "dbops_pipelines.definitions", "-h", "127.0.0.1",
+                             "-p", str(port)], env=env, cwd=home, start_new_session=True)
+    wait_for_ui(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
+def stop_dagster_dev(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        # dagster dev ignores signals unless they reach its whole process group.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -71,10 +106,7 @@ def main() -> int:
     print(f"demo PostgreSQL running on 127.0.0.1:{cluster.port} (data in {base / 'pg'})", flush=True)
     proc = None
     try:
-        existing = {r[0] for r in cluster.execute("SELECT datname FROM pg_database")}
-        if "dagster" not in existing:
-            cluster.create_database("dagster")
-        if "app" not in existing:
+        if "app" not in {r[0] for r in cluster.execute("SELECT datname FROM pg_database")}:
             print(f"seeding the sample application database 'app' ({args.rows} rows)...", flush=True)
             cluster.create_database("app")
             build_sample_database(cluster.dsn("app"), args.rows)
@@ -82,24 +114,8 @@ def main() -> int:
 
         config = base / "dbops.yaml"
         write_fleet_config(config, cluster.dsn("app"))
-        home = base / "dagster_home"
-        home.mkdir(exist_ok=True)
-        (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-
-        env = {**os.environ, "DBOPS_CONFIG": str(config), "DAGSTER_HOME": str(home),
-               "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(cluster.port),
-               "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "demo-trust-auth", "DAGSTER_PG_DB": "dagster"}
-        if not env.get("DBOPS_BACKUP_KEY"):
-            # A key for this session only, never written to disk: export your own
-            # DBOPS_BACKUP_KEY (from `dbops keygen`) to read demo backups across sessions.
-            env["DBOPS_BACKUP_KEY"] = generate_key()
-            print("DBOPS_BACKUP_KEY is not set: using a fresh key for this session only", flush=True)
-
-        dagster = Path(sys.executable).with_name("dagster")
-        proc = subprocess.Popen([str(dagster), "dev", "-m", "dbops_pipelines.definitions", "-h", "127.0.0.1",
-                                 "-p", str(args.port)], env=env, cwd=home, start_new_session=True)
+        proc = start_dagster_dev(config, base / "dagster_home", cluster, args.port)
         url = f"http://127.0.0.1:{args.port}"
-        wait_for_ui(url, proc)
         print(f"\nDagster UI: {url}\n  fleet config: {config}\n  backups: {base / 'backups'}\n"
               f"  CLI: DBOPS_CONFIG={config} .venv/bin/dbops backups list   (needs the same DBOPS_BACKUP_KEY)\n"
               "Press Ctrl-C to stop everything.", flush=True)
@@ -108,13 +124,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if proc and proc.poll() is None:
-            # dagster dev ignores signals unless they reach its whole process group.
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if proc:
+            stop_dagster_dev(proc)
         cluster.stop()
         print("demo stopped", flush=True)
 
