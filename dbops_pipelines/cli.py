@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  what to do: {exc.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted: nothing was recorded as a valid backup", file=sys.stderr)
+        print("\ninterrupted: what was under way was stopped and nothing half-done was recorded", file=sys.stderr)
         return 130
 
 

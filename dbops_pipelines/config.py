@@ -14,6 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dbops_pipelines.backup.retention import RetentionPolicy
@@ -169,7 +170,7 @@ class FleetConfig(_Strict):
         for name in v:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
                 raise ValueError(
-                    f"target name {name!r} must be lower-case letters, digits and _ (it names partitions and storage paths)"
+                    f"target name {name!r} must be lower-case letters, digits and _ (it names assets, jobs and storage paths)"
                 )
         return v
 
@@ -185,8 +186,12 @@ class FleetConfig(_Strict):
         return t.schedule or self.defaults.schedule, t.timezone or self.defaults.timezone
 
     def retention_for(self, name: str) -> RetentionPolicy:
+        """Target keys over defaults.retention keys."""
+        merged = self.defaults.retention.model_dump()
         t = self.target(name)
-        return (t.retention or self.defaults.retention).policy()
+        if t.retention is not None:
+            merged.update({k: getattr(t.retention, k) for k in t.retention.model_fields_set})
+        return RetentionSettings.model_validate(merged).policy()
 
     def verification_for(self, name: str) -> VerificationSettings:
         """Target keys over defaults.verification keys over the built-in defaults."""
@@ -203,8 +208,8 @@ class FleetConfig(_Strict):
         t = self.target(name)
         if t.server:
             return t.server
-        parts = urlsplit(t.dsn)
-        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+        info = conninfo_to_dict(t.dsn)  # URL or key=value form
+        return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
 
 
 def config_path() -> Path:

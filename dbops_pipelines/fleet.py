@@ -41,9 +41,10 @@ def read_keys(cfg: FleetConfig) -> list[BackupKey]:
 
 def backup_options(cfg: FleetConfig, target: str, kind: str | None = None, tables: tuple[str, ...] = ()) -> BackupOptions:
     t = cfg.target(target)
+    kind = kind or ("tables" if tables else t.kind)
     return BackupOptions(
-        kind=kind or t.kind,
-        tables=tuple(tables) or tuple(t.tables),
+        kind=kind,
+        tables=(tuple(tables) or tuple(t.tables)) if kind == "tables" else (),
         exclude_table_data=tuple(t.exclude_table_data),
         connect_retries=cfg.defaults.connect_retries,
         pg_bin_dir=cfg.defaults.pg_bin_dir,

@@ -70,6 +70,12 @@ def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0, **kwar
             return psycopg.connect(dsn, connect_timeout=10, application_name="dbops", **kwargs)
         except psycopg.OperationalError as exc:
             last = exc
+            if "authentication failed" in str(exc) or "no password supplied" in str(exc):
+                # Retrying a wrong password only locks accounts and delays the real message.
+                raise BackupFailed(
+                    f"{label} ({redact(dsn)}) refused the login: {redact(str(exc).strip())}",
+                    "check the user and the password (PGPASSWORD or PGPASSFILE) for this target",
+                ) from None
             if attempt < retries:
                 time.sleep(backoff * 2**attempt)
     raise DatabaseUnreachable(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import zstandard
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbops_pipelines.backup.catalog import find_backup
 from dbops_pipelines.backup.crypto import BackupKey, decrypt_stream
@@ -102,13 +103,28 @@ def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: i
     if clean:
         cmd += ["--clean", "--if-exists"]
     tables = list(tables)
-    for schema in sorted({split_table(t)[0] for t in tables}):
+    schemas = sorted({split_table(t)[0] for t in tables})
+    if len(schemas) > 1:
+        # pg_restore matches --schema and --table independently: a.x + b.y would also bring a.y and b.x.
+        raise RestoreFailed(f"selected tables span several schemas ({', '.join(schemas)})",
+                            "restore the tables of one schema at a time")
+    for schema in schemas:
         cmd.append(f"--schema={schema}")
     for t in tables:
         cmd.append(f"--table={split_table(t)[1]}")
     if source:
         cmd.append(source)
     return cmd
+
+
+def _password_to_env(dsn: str) -> tuple[str, dict]:
+    """A password in the destination DSN goes to pg_restore through PGPASSWORD, never on its
+    command line, where any local user could read it in the process list."""
+    info = conninfo_to_dict(dsn)
+    password = info.pop("password", None)
+    if password is None:
+        return dsn, dict(os.environ)
+    return make_conninfo("", **info), {**os.environ, "PGPASSWORD": password}
 
 
 def restore_backup(
@@ -124,6 +140,9 @@ def restore_backup(
     progress_interval: float = 5.0,
     on_warning: Callable[[str], None] | None = None,
 ) -> RestoreResult:
+    tables = list(tables)
+    pg_restore_command("pg_restore", "", tables, jobs, clean, None)  # validates the selection up front
+    to_dsn, env = _password_to_env(to_dsn)
     manifest = find_backup(store, backup_id).manifest
     server_major = int(manifest.server_version.split(".")[0])
     pg_restore = str(find_binary("pg_restore", server_major, pg_bin_dir))
@@ -153,12 +172,12 @@ def restore_backup(
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                 raw = pump(fh.write)
             proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, path),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
             stderr = StderrCollector(proc.stderr, warn)
             rc = proc.wait()
     else:
         proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, None),
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         stderr = StderrCollector(proc.stderr, warn)
         try:
             raw = pump(proc.stdin.write)

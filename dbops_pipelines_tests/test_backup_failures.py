@@ -216,3 +216,27 @@ def test_restore_into_non_empty_database_fails_and_rolls_back(stored_backup, pg_
         restore_backup(fleet.fleet_store(cfg), manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
     assert "rolled back" in str(err.value) and "--clean" in str(err.value)
     assert _tables_in(pg_cluster, fresh_db) == 1
+
+
+def test_backup_role_without_bypassrls_gets_the_real_reason(write_config, sample_app, pg_cluster, tmp_path):
+    pg_cluster.execute("DO $$ BEGIN CREATE ROLE dbops_reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg_cluster.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO dbops_reader", dbname="app")
+    dsn = sample_app["dsn"].replace("postgres@", "dbops_reader@")
+    write_config({"app": dsn})
+    result = dbops("backup", "app")
+    assert result.returncode == 1
+    assert "the backup role cannot read public." in result.stderr and "row-level security" in result.stderr
+    assert "BYPASSRLS" in result.stderr and "import the requested snapshot" not in result.stderr
+    assert_nothing_stored(LocalStore(tmp_path / "store"))
+
+
+def test_restore_selection_and_password_handling_without_running_anything():
+    from dbops_pipelines.errors import RestoreFailed
+    from dbops_pipelines.restore import _password_to_env, pg_restore_command
+
+    with pytest.raises(RestoreFailed, match="several schemas"):
+        pg_restore_command("pg_restore", "d", ["a.x", "b.y"], 1, False, None)
+    cmd = pg_restore_command("pg_restore", "d", ["sales.x", "sales.y"], 1, False, None)
+    assert cmd.count("--schema=sales") == 1 and "--table=x" in cmd and "--single-transaction" in cmd
+    dsn, env = _password_to_env("postgresql://u:s3cret@h:5432/db")
+    assert "s3cret" not in dsn and env["PGPASSWORD"] == "s3cret"

@@ -412,3 +412,15 @@ def test_randomized_invariants():
         # Never deletes anything young or future-dated.
         for d in plan.to_delete:
             assert NOW - d.started_at >= timedelta(days=small.min_age_days), ctx
+
+
+def test_partial_backups_never_fill_slots_nor_count_as_newest():
+    now = datetime(2026, 11, 24, tzinfo=timezone.utc)
+    full_old = BackupRecord("full-old", "app", now - timedelta(days=400), True)
+    schema_new = BackupRecord("schema-new", "app", now - timedelta(days=40), True, full=False)
+    schema_young = BackupRecord("schema-young", "app", now - timedelta(days=2), True, full=False)
+    plan = plan_retention([full_old, schema_new, schema_young], RetentionPolicy(), now)
+    by_id = {d.backup_id: d for d in plan.decisions}
+    assert by_id["full-old"].keep and "newest valid backup" in by_id["full-old"].reasons
+    assert not by_id["schema-new"].keep and by_id["schema-new"].reasons == ("partial backup older than 30 days",)
+    assert by_id["schema-young"].keep

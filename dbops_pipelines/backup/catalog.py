@@ -32,7 +32,8 @@ class BackupEntry:
         return self.status == "valid"
 
     def to_record(self) -> BackupRecord:
-        return BackupRecord(self.backup_id, self.target, self.started_at, self.valid, self.verified)
+        full = self.manifest is None or self.manifest.kind == "full"
+        return BackupRecord(self.backup_id, self.target, self.started_at, self.valid, self.verified, full)
 
     def to_dict(self) -> dict:
         m = self.manifest

@@ -15,14 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
 import psycopg
 import zstandard
 
 from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream
 from dbops_pipelines.backup.manifest import BackupManifest, data_key, manifest_key, new_backup_id
-from dbops_pipelines.backup.snapshot import count_rows, pg_dump_pattern, schema_fingerprint, table_checksums, tables_in_dump
+from dbops_pipelines.backup.snapshot import check_readable, count_rows, pg_dump_pattern, schema_fingerprint, table_checksums, tables_in_dump
 from dbops_pipelines.config import redact
 from dbops_pipelines.errors import BackupFailed, DbopsError
 from dbops_pipelines.pgtools import StderrCollector, binary_version, check_client_version, connect, enlarge_pipe, find_binary
@@ -67,6 +66,9 @@ def _pg_dump_command(pg_dump: str, dsn: str, snapshot: str, opts: BackupOptions)
     return cmd
 
 
+KINDS = ("full", "schema", "tables")
+
+
 def run_backup(
     target: str,
     dsn: str,
@@ -77,6 +79,10 @@ def run_backup(
     progress_interval: float = 5.0,
     on_warning: Callable[[str], None] | None = None,
 ) -> BackupManifest:
+    if opts.kind not in KINDS:
+        raise BackupFailed(f"unknown backup kind {opts.kind!r}", "use one of: full, schema, tables")
+    if opts.tables and opts.kind != "tables":
+        raise BackupFailed(f"tables were given for a {opts.kind!r} backup", "use kind 'tables' to back up selected tables")
     started = datetime.now(timezone.utc)
     backup_id = new_backup_id(target, started, secrets.token_hex(2))
     conn = connect(dsn, target, retries=opts.connect_retries)
@@ -93,6 +99,7 @@ def run_backup(
         client = binary_version(pg_dump)
         check_client_version("pg_dump", client, server_major)
         tables = tables_in_dump(conn, opts.kind, list(opts.tables), list(opts.exclude_table_data))
+        check_readable(conn, tables)
         fingerprint = schema_fingerprint(conn)
         size_hint = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] // 2
 
@@ -140,6 +147,9 @@ def run_backup(
             # makes the store abort the upload, so a killed pg_dump never becomes a backup.
             rc = proc.wait()
             if rc != 0:
+                counter.join()
+                if count_error:
+                    raise count_error[0]  # the cause; pg_dump only lost the snapshot it shared
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
                 raise BackupFailed(
                     f"pg_dump of {target} {how}; nothing was stored. Its last messages:\n{stderr.text() or '(none)'}",
@@ -157,11 +167,9 @@ def run_backup(
         obj_key = data_key(target, backup_id)
         stored = store.put(obj_key, encrypt_stream(dump_stream(), key), size_hint=size_hint)
         stderr.text()
-        parts = urlsplit(dsn)
         manifest = BackupManifest(
             backup_id=backup_id, target=target, kind=opts.kind,
-            database=parts.path.lstrip("/") or conn.info.dbname,
-            server=f"{parts.hostname or conn.info.host}:{parts.port or conn.info.port}",
+            database=conn.info.dbname, server=f"{conn.info.host}:{conn.info.port}",
             server_version=server_version, pg_dump_version=f"{client[0]}.{client[1]}",
             started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
             raw_bytes=raw_total[0], stored_bytes=stored.size, sha256=stored.sha256,

@@ -14,6 +14,9 @@ Rules, applied per target:
 * Nothing younger than ``min_age_days`` is deleted, valid or not.
 * The newest valid backup and the newest verified backup are always kept,
   whatever their age: retention must never leave a target without a restore.
+* Partial backups (schema-only, selected tables) are taken for a purpose, not as
+  the target's restore point: they never fill GFS slots nor count as "newest",
+  and are deleted once older than ``min_age_days``.
 * Invalid backups (no manifest) never fill GFS slots; they are deleted once
   older than ``min_age_days``.
 * Backups dated after ``now`` (clock skew) are kept and otherwise ignored: they
@@ -61,6 +64,8 @@ class BackupRecord:
     started_at: datetime  # timezone-aware, UTC
     valid: bool  # has a manifest and completed
     verified: bool = False  # passed restore verification
+    full: bool = True  # a full backup; schema-only and selected-table backups are partial
+
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def _plan_target(
 ) -> list[RetentionDecision]:
     newest_first = sorted(backups, key=lambda b: (b.started_at, b.backup_id), reverse=True)
     reasons: dict[str, list[str]] = {b.backup_id: [] for b in newest_first}
-    candidates = [b for b in newest_first if b.valid and b.started_at <= now]
+    candidates = [b for b in newest_first if b.valid and b.full and b.started_at <= now]
 
     granularities: list[tuple[str, int, Callable[[datetime], str]]] = [
         ("daily", policy.keep_daily, _day),
@@ -181,7 +186,9 @@ def _plan_target(
             why.append(young)
         keep = bool(why)
         if not keep:
-            if b.valid:
+            if b.valid and not b.full:
+                why.append(f"partial backup older than {policy.min_age_days} days")
+            elif b.valid:
                 why.append(DELETE_NOT_NEEDED)
             elif policy.min_age_days:
                 why.append(f"invalid (no manifest) and older than {policy.min_age_days} days")

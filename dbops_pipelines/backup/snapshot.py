@@ -106,6 +106,21 @@ def tables_in_dump(conn: psycopg.Connection, kind: str, selected: list[str], exc
     return [t for t in existing if t not in excluded]
 
 
+def check_readable(conn: psycopg.Connection, tables: list[str]) -> None:
+    """Fail before pg_dump starts if the backup role cannot read a table as pg_dump will (row
+    security off): a permission or RLS error later would abort the exported snapshot, and
+    pg_dump would then fail with a confusing "could not import the requested snapshot"."""
+    for name in tables:
+        schema, table = split_table(name)
+        try:
+            conn.execute(sql.SQL("SELECT 1 FROM ONLY {}.{} LIMIT 0").format(sql.Identifier(schema), sql.Identifier(table)))
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.FeatureNotSupported) as exc:
+            raise BackupFailed(
+                f"the backup role cannot read {name}: {str(exc).strip()}",
+                "make the backup role a superuser or give it BYPASSRLS and SELECT on every table",
+            ) from None
+
+
 def count_rows(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
     """Exact row counts in the connection's current snapshot.
 

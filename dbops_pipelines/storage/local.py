@@ -37,7 +37,8 @@ class LocalStore(BackupStore):
         # crash or failure never leaves a partial file under the real name.
         tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
         try:
-            with open(tmp, "wb") as fh:
+            # 0600: the store's files are for the backup operator only.
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                 for chunk in chunks:
                     fh.write(chunk)
                 fh.flush()
@@ -45,6 +46,7 @@ class LocalStore(BackupStore):
             os.replace(tmp, final)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
+            self._prune_empty(final.parent)
             if isinstance(exc, OSError):
                 raise StorageError(f"writing {final} failed: {exc}", "check free space and permissions") from exc
             raise
@@ -79,11 +81,13 @@ class LocalStore(BackupStore):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        # Tidy empty backup folders, never the root itself.
-        parent = path.parent
-        while parent != self.root.resolve() and parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
+        self._prune_empty(path.parent)
+
+    def _prune_empty(self, folder: Path) -> None:
+        """Tidy empty backup folders, never the root itself."""
+        while folder != self.root.resolve() and folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

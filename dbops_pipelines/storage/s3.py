@@ -186,8 +186,8 @@ class S3Store(BackupStore):
         cutoff = datetime.now(timezone.utc) - older_than
         aborted = []
         try:
-            resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key(""))
-            for up in resp.get("Uploads", []):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(""))
+            for up in (u for page in pages for u in page.get("Uploads", [])):
                 if up["Initiated"] < cutoff:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
                     aborted.append(up["Key"])
