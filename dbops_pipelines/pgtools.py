@@ -79,7 +79,7 @@ def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0, **kwar
             if attempt < retries:
                 time.sleep(backoff * 2**attempt)
     raise DatabaseUnreachable(
-        f"cannot connect to {label} ({redact(dsn)}) after {retries + 1} attempts: {redact(str(last).strip())}",
+        f"cannot connect to {label} ({redact(dsn)}) after {retries + 1} attempt{'s' if retries else ''}: {redact(str(last).strip())}",
         "check that the server is up and reachable, and the user/password (PGPASSWORD or PGPASSFILE) are right",
     )
 

@@ -3,32 +3,13 @@ GraphQL API (as the UI does) succeeds, and Ctrl-C stops everything the demo star
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 from dbops_pipelines.localdev.ports import free_port
-
-
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)["data"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+from dbops_pipelines_tests.dagster_ui import graphql, launch_job, location_name, wait_for, wait_for_run
 
 
 def test_demo_serves_ui_runs_a_backup_and_stops_on_ctrl_c(tmp_path):
@@ -46,19 +27,8 @@ def test_demo_serves_ui_runs_a_backup_and_stops_on_ctrl_c(tmp_path):
             return f"Dagster UI: {url}" in line
         wait_for(ready, 180, "the demo to print the UI address")
 
-        loc = graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }")
-        location = loc["workspaceOrError"]["locationEntries"][0]["name"]
-        launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
-                __typename ... on LaunchRunSuccess { run { runId } } } }""",
-                           {"p": {"selector": {"repositoryLocationName": location, "repositoryName": "__repository__",
-                                               "jobName": "backup_app"}, "runConfigData": {}}})
-        run_id = launched["launchRun"]["run"]["runId"]
-
-        def finished():
-            status = graphql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }",
-                             {"id": run_id})["runOrError"]["status"]
-            return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
-        assert wait_for(finished, 180, "the backup run") == "SUCCESS"
+        location = location_name(url)
+        assert wait_for_run(url, launch_job(url, "backup_app")) == "SUCCESS"
         assert any((tmp_path / "demo" / "backups" / "app").glob("*/manifest.json"))
         schedules = graphql(url, """{ repositoryOrError(repositorySelector: {repositoryLocationName: "%s",
             repositoryName: "__repository__"}) { ... on Repository { schedules { name scheduleState { status } } } } }""" % location)
