@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from dbops_pipelines.localdev.ports import free_port
+from dbops_pipelines.localdev.ports import free_port, log_tail
 
 DEFAULT_PG_BIN = "/usr/lib/postgresql/15/bin"
 PG_OS_USER = "postgres"
@@ -90,7 +90,7 @@ class LocalCluster:
         if result.returncode != 0 or not self.is_running():
             raise ClusterStartError(
                 f"PostgreSQL failed to start on port {self.port} (pg_ctl said: "
-                f"{result.stdout.strip()}). Last lines of {self.log_file}:\n{self._log_tail()}"
+                f"{result.stdout.strip()}). Last lines of {self.log_file}:\n{log_tail(self.log_file)}"
             )
 
     def stop(self) -> None:
@@ -192,12 +192,6 @@ fsync = {'on' if self.fsync else 'off'}
         if self._as_root:
             pg = pwd.getpwnam(PG_OS_USER)
             os.chown(path, pg.pw_uid, pg.pw_gid)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as exc:
-            return f"(could not read log: {exc})"
 
     def __repr__(self) -> str:
         return f"LocalCluster(base_dir={str(self.base_dir)!r}, port={self.port})"

@@ -61,3 +61,11 @@ def free_port_pairs(count: int, offset: int = 10000) -> list[tuple[int, int]]:
     finally:
         for sock in held:
             sock.close()
+
+
+def log_tail(path, lines: int = 30) -> str:
+    """The last lines of a service's log, for error messages about it."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(could not read log: {exc})"

@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from dbops_pipelines.localdev.ports import free_port_pairs
+from dbops_pipelines.localdev.ports import free_port_pairs, log_tail
 
 # Component order for the (http, grpc) port pairs handed to weed mini.
 _COMPONENTS = ("master", "volume", "filer", "s3", "admin")
@@ -149,7 +149,7 @@ class SeaweedServer:
             if not self.is_running():
                 raise SeaweedError(
                     f"weed mini exited with code {self._proc.returncode} during start-up. "
-                    f"Last lines of {self.log_file}:\n{self._log_tail()}"
+                    f"Last lines of {self.log_file}:\n{log_tail(self.log_file)}"
                 )
             try:
                 try:
@@ -165,7 +165,7 @@ class SeaweedServer:
         self.kill()
         raise SeaweedError(
             f"weed mini did not accept an S3 PUT at {self.endpoint_url} within {timeout}s "
-            f"(last error: {last_error!r}). Last lines of {self.log_file}:\n{self._log_tail()}"
+            f"(last error: {last_error!r}). Last lines of {self.log_file}:\n{log_tail(self.log_file)}"
         )
 
     def _signal_and_reap(self, sig: signal.Signals, grace: float) -> None:
@@ -195,12 +195,6 @@ class SeaweedServer:
         for _, grpc_port in self.ports.values():
             for sock in tmp.glob(f"seaweedfs-*-grpc-{grpc_port}.sock"):
                 sock.unlink(missing_ok=True)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as exc:
-            return f"(could not read log: {exc})"
 
     def __repr__(self) -> str:
         return f"SeaweedServer(base_dir={str(self.base_dir)!r}, endpoint_url={self.endpoint_url!r})"
