@@ -97,8 +97,11 @@ def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterabl
     return _held_back(decompressed())
 
 
-def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: int, clean: bool, source: str | None) -> list[str]:
+def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: int, clean: bool, source: str | None,
+                       no_privileges: bool = False) -> list[str]:
     cmd = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={dsn}", "--no-owner"]
+    if no_privileges:
+        cmd.append("--no-privileges")
     cmd.append(f"--jobs={jobs}" if jobs > 1 else "--single-transaction")
     if clean:
         cmd += ["--clean", "--if-exists"]
@@ -135,6 +138,7 @@ def restore_backup(
     tables: Iterable[str] = (),
     jobs: int = 1,
     clean: bool = False,
+    no_privileges: bool = False,
     pg_bin_dir: str | None = None,
     progress: Callable[[Progress], None] | None = None,
     progress_interval: float = 5.0,
@@ -171,12 +175,12 @@ def restore_backup(
             path = os.path.join(tmp, "dump.pgc")
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                 raw = pump(fh.write)
-            proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, path),
+            proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, path, no_privileges),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
             stderr = StderrCollector(proc.stderr, warn)
             rc = proc.wait()
     else:
-        proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, None),
+        proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, None, no_privileges),
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         stderr = StderrCollector(proc.stderr, warn)
         try:

@@ -223,7 +223,10 @@ def test_backup_role_without_bypassrls_gets_the_real_reason(write_config, sample
     pg_cluster.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO dbops_reader", dbname="app")
     dsn = sample_app["dsn"].replace("postgres@", "dbops_reader@")
     write_config({"app": dsn})
-    result = dbops("backup", "app")
+    try:
+        result = dbops("backup", "app")
+    finally:  # the sample database is shared by the session: leave it as it was
+        pg_cluster.execute("REVOKE SELECT ON ALL TABLES IN SCHEMA public FROM dbops_reader", dbname="app")
     assert result.returncode == 1
     assert "the backup role cannot read public." in result.stderr and "row-level security" in result.stderr
     assert "BYPASSRLS" in result.stderr and "import the requested snapshot" not in result.stderr

@@ -175,14 +175,19 @@ def test_stale_scratch_databases_are_swept_and_cancellation_drops_scratch(backed
         pg_cluster.drop_database("dbops_verify_other_20200101000000")
 
 
-def test_verification_on_a_separate_server(backed_up, tmp_path, sample_app, write_config):
+def test_verification_on_a_separate_server(backed_up, tmp_path, sample_app, write_config, pg_cluster):
     from dbops_pipelines.localdev.pgcluster import LocalCluster
 
     staging = LocalCluster(tmp_path / "staging")
     staging.start()
+    # A production role the staging server does not have: its GRANTs must not break verification.
+    pg_cluster.execute("DO $$ BEGIN CREATE ROLE prod_only_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    pg_cluster.execute("GRANT SELECT ON public.vendors TO prod_only_role", dbname="app")
+    fleet.backup_target(load_config(write_config({"app": sample_app["dsn"]})), "app")
     try:
         cfg = load_config(write_config({"app": {"dsn": sample_app["dsn"], "verification": {"server_dsn": staging.dsn()}}}))
         report = verify_backup(cfg, "app")
         assert report.passed and report.server == f"127.0.0.1:{staging.port}"
     finally:
         staging.stop()
+        pg_cluster.execute("REVOKE SELECT ON public.vendors FROM prod_only_role", dbname="app")

@@ -93,7 +93,9 @@ def _restore_and_compare(cfg: FleetConfig, target: str, manifest, scratch: str, 
     store = fleet.fleet_store(cfg)
     t0 = time.monotonic()
     try:
-        restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), scratch, jobs=settings.jobs,
+        # No GRANTs: a staging server need not have the production roles, and privileges are
+        # not part of what verification compares.
+        restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), scratch, jobs=settings.jobs, no_privileges=True,
                        pg_bin_dir=cfg.defaults.pg_bin_dir, on_warning=lambda line: log(f"pg_restore: {line}"))
     except (IntegrityError, EncryptionKeyError) as exc:
         report.findings.append(Finding("integrity", "error", manifest.backup_id, exc.message))
