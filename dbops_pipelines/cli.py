@@ -36,6 +36,7 @@ class ProgressPrinter:
     def __init__(self, verb: str):
         self.verb = verb
         self.tty = sys.stderr.isatty()
+        self.interval = 1.0 if self.tty else 10.0
 
     def __call__(self, p: Progress) -> None:
         text = f"{self.verb}: {human_bytes(p.raw_bytes)} read, {human_bytes(p.stored_bytes)} stored, {human_bytes(p.rate)}/s"
@@ -63,7 +64,7 @@ def cmd_backup(args) -> int:
     printer = ProgressPrinter(f"backup {args.target}")
     t0 = time.monotonic()
     manifest = fleet.backup_target(cfg, args.target, args.kind, tuple(args.table), progress=printer,
-                                   on_warning=_warn)
+                                   on_warning=_warn, progress_interval=printer.interval)
     printer.done()
     print(f"backup {manifest.backup_id} complete: {human_bytes(manifest.raw_bytes)} dumped, "
           f"{human_bytes(manifest.stored_bytes)} stored at {manifest.location} in {time.monotonic() - t0:.1f} s", file=sys.stderr)
@@ -95,7 +96,8 @@ def cmd_restore(args) -> int:
     printer = ProgressPrinter(f"restore {args.backup_id}")
     result = restore_backup(fleet.fleet_store(cfg), args.backup_id, fleet.read_keys(cfg), args.to,
                             tables=args.table, jobs=args.jobs, clean=args.clean,
-                            pg_bin_dir=cfg.defaults.pg_bin_dir, progress=printer, on_warning=_warn)
+                            pg_bin_dir=cfg.defaults.pg_bin_dir, progress=printer, on_warning=_warn,
+                            progress_interval=printer.interval)
     printer.done()
     print(f"restored {args.backup_id} into {redact(args.to)}: {human_bytes(result.raw_bytes)} in {result.seconds:.1f} s")
     return 0

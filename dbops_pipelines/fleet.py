@@ -60,11 +60,13 @@ def backup_target(
     progress: Callable[[Progress], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     store: BackupStore | None = None,
+    progress_interval: float = 5.0,
 ) -> BackupManifest:
     settings = cfg.target(target)
     key = write_key(cfg)
     return run_backup(target, settings.dsn, store or fleet_store(cfg), key,
-                      backup_options(cfg, target, kind, tables), progress=progress, on_warning=on_warning)
+                      backup_options(cfg, target, kind, tables), progress=progress, on_warning=on_warning,
+                      progress_interval=progress_interval)
 
 
 @dataclass

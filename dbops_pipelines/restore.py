@@ -168,6 +168,8 @@ def restore_backup(
             if progress and time.monotonic() - last >= progress_interval:
                 last = time.monotonic()
                 progress(Progress(total, total, last - t0))
+        if progress:
+            progress(Progress(total, total, time.monotonic() - t0))
         return total
 
     if jobs > 1:

@@ -93,6 +93,7 @@ def test_cli_backup_list_restore(write_config, sample_app, pg_cluster, fresh_db)
     assert made.returncode == 0, made.stderr
     backup_id = made.stdout.strip()
     assert backup_id.startswith("app-") and "\n" not in backup_id
+    assert "backup app: " in made.stderr and " read, " in made.stderr and "/s" in made.stderr  # progress
 
     listed = dbops("backups", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -106,6 +107,7 @@ def test_cli_backup_list_restore(write_config, sample_app, pg_cluster, fresh_db)
 
     restored = dbops("restore", backup_id, "--to", pg_cluster.dsn(fresh_db), "--jobs", "2")
     assert restored.returncode == 0, restored.stderr
+    assert f"restore {backup_id}: " in restored.stderr  # progress
     assert table_digests(pg_cluster.dsn(fresh_db)) == table_digests(sample_app["dsn"])
 
     plan = dbops("retention", "--dry-run", "--json")
