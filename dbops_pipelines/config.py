@@ -102,7 +102,7 @@ class VerificationSettings(_Strict):
 
 VERIFICATION_DEFAULTS = VerificationSettings(
     schedule="0 4 * * 0", timezone="UTC", rto_objective_seconds=4 * 3600,
-    checksum_max_bytes=16 << 20, jobs=2, sanity_checks=[], max_age_days=8,
+    checksum_max_bytes=16 << 20, jobs=1, sanity_checks=[], max_age_days=8,
 )
 
 
