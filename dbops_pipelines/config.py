@@ -153,6 +153,7 @@ class Defaults(_Strict):
     retry_delay_seconds: int = Field(60, ge=0)  # doubled on every retry
     owners: list[str] = ["team:dbops"]
     pg_bin_dir: str | None = None
+    compression_level: int = Field(3, ge=1, le=19)   # zstd; see docs/benchmarks.md for the trade-off
     verification: VerificationSettings = VerificationSettings()
     rpo_hours: float = Field(24, gt=0)
 

@@ -48,6 +48,7 @@ def backup_options(cfg: FleetConfig, target: str, kind: str | None = None, table
         exclude_table_data=tuple(t.exclude_table_data),
         connect_retries=cfg.defaults.connect_retries,
         pg_bin_dir=cfg.defaults.pg_bin_dir,
+        zstd_level=cfg.defaults.compression_level,
         checksum_max_bytes=cfg.verification_for(target).checksum_max_bytes,
     )
 

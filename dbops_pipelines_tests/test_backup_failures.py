@@ -175,10 +175,13 @@ def test_damaged_object_restores_nothing(stored_backup, damage, pg_cluster, fres
         data[len(data) * 2 // 3] ^= 0x01
     elif damage == "truncate":
         del data[len(data) - 100:]
-    else:  # cut exactly after the first record, so only the missing final record gives it away
+    else:  # cut exactly before the final record: every record left is whole and authentic
         from dbops_pipelines.backup.crypto import HEADER_LEN, NONCE_LEN
-        first = int.from_bytes(data[HEADER_LEN:HEADER_LEN + 4], "big")
-        del data[HEADER_LEN + 4 + NONCE_LEN + first:]
+        pos = last = HEADER_LEN
+        while pos < len(data):
+            last = pos
+            pos += 4 + NONCE_LEN + int.from_bytes(data[pos:pos + 4], "big")
+        del data[last:]
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError) as err:
         restore_backup(fleet.fleet_store(cfg), manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
