@@ -41,6 +41,8 @@ if str(ROOT) not in sys.path:
 
 from dbops_pipelines.backup.engine import BackupOptions  # noqa: E402  (the engine's defaults are what is measured)
 
+THREADS, LEVEL = BackupOptions().zstd_threads, BackupOptions().zstd_level
+
 MIB = 1 << 20
 APP_BYTES_PER_ROW = 1600          # pg_dump -Z0 bytes per `rows` of the sample app database (docstring of appdb)
 S3_ACCESS_KEY = "dbops-bench-access"
@@ -603,13 +605,13 @@ class Bench:
             m[key] = dict(runs[(len(runs) - 1) // 2], runs_seconds=[rd[key]["seconds"] for rd in rounds])
             res["best"][key] = runs[0]
         res["rounds"] = rounds
-        if "c_threads0" in m:
-            sweep = {0: m["c_threads0"], 1: m["c"], 2: m["c_threads2"]}
+        if any(k.startswith("c_threads") for k in m):
+            sweep = {t: m[f"c_threads{t}"] for t in (0, 1, 2) if f"c_threads{t}" in m} | {THREADS: m["c"]}
             res["zstd_threads_seconds"] = {str(t): sweep[t]["seconds"] for t in sorted(sweep)}
             res["best_zstd_threads"] = min(sweep, key=lambda t: sweep[t]["seconds"])
             log(f"  fastest zstd_threads: {res['best_zstd_threads']} ({res['zstd_threads_seconds']})")
         if self.args.profile:
-            prof = self.measure_pipeline_local(db, 1, profile=True)
+            prof = self.measure_pipeline_local(db, THREADS, profile=True)
             res["profile_zstd_threads1"] = prof["profile"]
             log(f"  (c) under cProfile: {prof['seconds']:.2f} s\n{prof['profile']}")
         return res
@@ -629,17 +631,18 @@ class Bench:
             m["b2"] = self.measure_zstd_cli(db); show("b2", "(b2) pg_dump -Z0 | zstd -1 -T2")
         else:
             log("  (b2) skipped: no zstd CLI on PATH (apt-get install zstd)")
-        m["c"] = self.measure_pipeline_local(db, 1); show("c", "(c) run_backup -> LocalStore, zstd_threads=1")
+        m["c"] = self.measure_pipeline_local(db, THREADS)
+        show("c", f"(c) run_backup -> LocalStore (defaults: zstd level {LEVEL}, threads {THREADS})")
         if name == "app" and not self.args.no_sweep:
-            for t in (0, 2):
+            for t in (t for t in (0, 1, 2) if t != THREADS):
                 m[f"c_threads{t}"] = self.measure_pipeline_local(db, t)
                 show(f"c_threads{t}", f"(c) zstd_threads={t}")
             # Informational: what other zstd levels cost (the default is BackupOptions.zstd_level).
-            for level in (1, 2):
-                m[f"c_level{level}"] = self.measure_pipeline_local(db, 1, level=level)
-                show(f"c_level{level}", f"(c) zstd_level={level}, zstd_threads=1")
+            for level in (lv for lv in (1, 2, 3) if lv != LEVEL):
+                m[f"c_level{level}"] = self.measure_pipeline_local(db, THREADS, level=level)
+                show(f"c_level{level}", f"(c) zstd_level={level}, zstd_threads={THREADS}")
         if self.s3 is not None:
-            m["d"] = self.measure_pipeline_s3(db, 1); show("d", "(d) run_backup -> S3 (SeaweedFS)")
+            m["d"] = self.measure_pipeline_s3(db, THREADS); show("d", "(d) run_backup -> S3 (SeaweedFS)")
             m["u"] = self.measure_boto3_upload(m["c"]["stored_bytes"]); show("u", "(u) boto3 upload_fileobj, same bytes")
         return m
 
@@ -690,11 +693,13 @@ LABELS = {
     "a": "(a) pg_dump -Fc (gzip -6) -f FILE",
     "b": "(b) pg_dump -Fc -Z0 > /dev/null",
     "b2": "(b2) pg_dump -Z0 | zstd -1 -T2",
-    "c": "(c) run_backup -> LocalStore (threads=1)",
+    "c": "(c) run_backup -> LocalStore (defaults)",
     "c_threads0": "(c) ... zstd_threads=0",
+    "c_threads1": "(c) ... zstd_threads=1",
     "c_threads2": "(c) ... zstd_threads=2",
-    "c_level1": "(c) ... zstd_level=1 (threads=1)",
-    "c_level2": "(c) ... zstd_level=2 (threads=1)",
+    "c_level1": "(c) ... zstd_level=1",
+    "c_level2": "(c) ... zstd_level=2",
+    "c_level3": "(c) ... zstd_level=3",
     "d": "(d) run_backup -> S3 (SeaweedFS)",
     "u": "(u) boto3 upload_fileobj, same bytes",
 }
