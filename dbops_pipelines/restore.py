@@ -10,6 +10,7 @@ private temporary file first, and pg_restore starts only then.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import subprocess
 import tempfile
@@ -21,7 +22,7 @@ import zstandard
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbops_pipelines.backup.catalog import find_backup
-from dbops_pipelines.backup.crypto import BackupKey, decrypt_stream
+from dbops_pipelines.backup.crypto import BackupKey, decrypt_stream, manifest_mac
 from dbops_pipelines.backup.engine import Progress
 from dbops_pipelines.backup.manifest import BackupManifest
 from dbops_pipelines.backup.snapshot import split_table
@@ -70,6 +71,17 @@ def _held_back(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield prev
 
 
+def check_manifest(manifest: BackupManifest, keys: Iterable[BackupKey]) -> None:
+    """The manifest is the record everything else trusts: refuse one that was altered."""
+    key = next(k for k in keys if k.key_id == manifest.key_id)
+    expected = manifest_mac(key, manifest.signed_payload())
+    if not manifest.mac or not hmac.compare_digest(expected, manifest.mac):
+        raise IntegrityError(
+            f"the manifest of backup {manifest.backup_id} (key id {manifest.key_id}) has been altered or is unsigned",
+            "do not trust this backup's record; restore from another backup and check who can write to the store",
+        )
+
+
 def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterable[BackupKey]) -> Iterator[bytes]:
     """The plain pg_dump archive of a backup, authenticated record by record."""
     keys = list(keys)
@@ -80,6 +92,7 @@ def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterabl
             "set the key it was written with (encryption.key_env, or encryption.previous_key_envs after a rotation)",
         )
     label = f"backup {manifest.backup_id} (key id {manifest.key_id})"
+    check_manifest(manifest, keys)
     plain = decrypt_stream(_checked(store.get(manifest.object_key), manifest), keys, label)
     decompressor = zstandard.ZstdDecompressor().decompressobj()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 from psycopg import sql
 
@@ -23,3 +25,15 @@ def table_digests(dsn: str) -> dict[str, tuple[int, str]]:
 def fingerprint(dsn: str) -> dict:
     with psycopg.connect(dsn) as conn:
         return schema_fingerprint(conn)
+
+
+def resign(raw_manifest: dict, cfg) -> bytes:
+    """A manifest edited by a test, signed again with the backup key: it simulates a genuine
+    record that the dump disagrees with (a table missing, a count or a policy that differs)."""
+    from dbops_pipelines import fleet
+    from dbops_pipelines.backup.crypto import manifest_mac
+    from dbops_pipelines.backup.manifest import BackupManifest
+
+    manifest = BackupManifest.from_json(json.dumps(raw_manifest).encode())
+    manifest.mac = manifest_mac(fleet.write_key(cfg), manifest.signed_payload())
+    return manifest.to_json()

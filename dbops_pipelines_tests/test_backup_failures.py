@@ -246,3 +246,20 @@ def test_restore_selection_and_password_handling_without_running_anything():
     assert cmd.count("--schema=sales") == 1 and "--table=x" in cmd and "--single-transaction" in cmd
     dsn, env = _password_to_env("postgresql://u:s3cret@h:5432/db")
     assert "s3cret" not in dsn and env["PGPASSWORD"] == "s3cret"
+
+
+def test_altered_manifest_is_refused(stored_backup, pg_cluster, fresh_db):
+    import json as _json
+
+    from dbops_pipelines.backup.manifest import manifest_key
+
+    cfg, manifest, _ = stored_backup
+    store = fleet.fleet_store(cfg)
+    raw = _json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
+    raw["table_rows"]["public.users"] += 1  # someone "fixes" a count in the store
+    store.put_bytes(manifest_key("app", manifest.backup_id), _json.dumps(raw).encode())
+    with pytest.raises(IntegrityError, match=f"the manifest of backup {manifest.backup_id} .* has been altered"):
+        restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
+    assert _tables_in(pg_cluster, fresh_db) == 0
+    result = dbops("check", manifest.backup_id)
+    assert result.returncode == 1 and "has been altered" in result.stderr

@@ -9,6 +9,7 @@ import dagster as dg
 
 from dbops_pipelines import fleet
 from dbops_pipelines.backup.manifest import manifest_key
+from dbops_pipelines_tests.dbcompare import resign
 from dbops_pipelines.config import load_config
 from dbops_pipelines.defs.backups import backup_asset_key
 from dbops_pipelines.definitions import build_definitions
@@ -41,7 +42,7 @@ def test_failed_verification_fails_the_check(write_config, sample_app):
     store = fleet.fleet_store(cfg)
     raw = json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
     raw["table_rows"]["public.tenants"] += 7
-    store.put_bytes(manifest_key("app", manifest.backup_id), json.dumps(raw).encode())
+    store.put_bytes(manifest_key("app", manifest.backup_id), resign(raw, cfg))
     defs = build_definitions(path)
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("verify_app").execute_in_process(instance=instance)

@@ -14,6 +14,7 @@ import pytest
 from dbops_pipelines import fleet
 from dbops_pipelines.backup.catalog import list_backups
 from dbops_pipelines.backup.manifest import manifest_key
+from dbops_pipelines_tests.dbcompare import resign
 from dbops_pipelines.config import load_config
 from dbops_pipelines.verification.report import latest_reports
 from dbops_pipelines.verification.runner import verify_backup
@@ -41,7 +42,7 @@ def tamper_manifest(cfg, manifest, change) -> None:
     store = fleet.fleet_store(cfg)
     raw = json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
     change(raw)
-    store.put_bytes(manifest_key("app", manifest.backup_id), json.dumps(raw).encode())
+    store.put_bytes(manifest_key("app", manifest.backup_id), resign(raw, cfg))
 
 
 def damage_object(manifest, how: str) -> None:

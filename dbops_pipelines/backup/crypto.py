@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -84,6 +85,13 @@ def key_from_env(var: str, environ: dict | None = None) -> BackupKey:
 def _subkey(key: BackupKey, salt: bytes) -> AESGCM:
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"dbops backup stream v1")
     return AESGCM(hkdf.derive(key.material))
+
+
+def manifest_mac(key: BackupKey, payload: bytes) -> str:
+    """HMAC-SHA256 of a manifest's canonical JSON under a key derived for manifests only, so a
+    manifest edited in the store (row counts, checksums, schema) is detected before it is trusted."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"dbops manifest mac v1")
+    return hmac.new(hkdf.derive(key.material), payload, hashlib.sha256).hexdigest()
 
 
 def _aad(header: bytes, index: int, final: bool) -> bytes:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 import psycopg
 import zstandard
 
-from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream
+from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream, manifest_mac
 from dbops_pipelines.backup.manifest import BackupManifest, data_key, manifest_key, new_backup_id
 from dbops_pipelines.backup.snapshot import check_readable, count_rows, pg_dump_pattern, schema_fingerprint, table_checksums, tables_in_dump
 from dbops_pipelines.config import redact
@@ -184,6 +184,7 @@ def run_backup(
             selected_tables=sorted(tables) if opts.kind == "tables" else [],
             excluded_table_data=list(opts.exclude_table_data), pg_dump_warnings=warnings,
         )
+        manifest.mac = manifest_mac(key, manifest.signed_payload())
         try:
             store.put_bytes(manifest_key(target, backup_id), manifest.to_json())
         except BaseException:

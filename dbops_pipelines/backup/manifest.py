@@ -56,6 +56,7 @@ class BackupManifest:
     excluded_table_data: list[str] = field(default_factory=list)
     pg_dump_warnings: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    mac: str | None = None          # HMAC of everything else, under the backup key (see crypto.manifest_mac)
 
     @property
     def total_rows(self) -> int:
@@ -64,6 +65,11 @@ class BackupManifest:
     @property
     def duration_seconds(self) -> float:
         return (datetime.fromisoformat(self.finished_at) - datetime.fromisoformat(self.started_at)).total_seconds()
+
+    def signed_payload(self) -> bytes:
+        """The canonical bytes the MAC covers: every field but the MAC itself."""
+        body = {k: v for k, v in asdict(self).items() if k != "mac"}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
