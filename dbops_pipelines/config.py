@@ -158,6 +158,15 @@ class Defaults(_Strict):
     rpo_hours: float = Field(24, gt=0)
 
 
+def _layered(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
+    """``base`` with the keys each override sets explicitly laid over it, in order."""
+    merged = base.model_dump()
+    for layer in overrides:
+        if layer is not None:
+            merged.update({k: getattr(layer, k) for k in layer.model_fields_set})
+    return type(base).model_validate(merged)
+
+
 class FleetConfig(_Strict):
     storage: StorageSettings = StorageSettings()
     encryption: EncryptionSettings = EncryptionSettings()
@@ -188,19 +197,11 @@ class FleetConfig(_Strict):
 
     def retention_for(self, name: str) -> RetentionPolicy:
         """Target keys over defaults.retention keys."""
-        merged = self.defaults.retention.model_dump()
-        t = self.target(name)
-        if t.retention is not None:
-            merged.update({k: getattr(t.retention, k) for k in t.retention.model_fields_set})
-        return RetentionSettings.model_validate(merged).policy()
+        return _layered(self.defaults.retention, self.target(name).retention).policy()
 
     def verification_for(self, name: str) -> VerificationSettings:
         """Target keys over defaults.verification keys over the built-in defaults."""
-        merged = VERIFICATION_DEFAULTS.model_dump()
-        for layer in (self.defaults.verification, self.target(name).verification):
-            if layer is not None:
-                merged.update({k: getattr(layer, k) for k in layer.model_fields_set})
-        return VerificationSettings.model_validate(merged)
+        return _layered(VERIFICATION_DEFAULTS, self.defaults.verification, self.target(name).verification)
 
     def rpo_hours_for(self, name: str) -> float:
         return self.target(name).rpo_hours or self.defaults.rpo_hours

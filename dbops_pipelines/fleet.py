@@ -70,6 +70,9 @@ def backup_target(
                       progress_interval=progress_interval)
 
 
+LEFTOVER_AGE = timedelta(days=1)  # older than any backup still being written
+
+
 @dataclass
 class RetentionOutcome:
     plan: RetentionPlan
@@ -92,21 +95,5 @@ def apply_retention(cfg: FleetConfig, target: str | None = None, dry_run: bool =
     for decision in plan.to_delete:
         delete_backup(store, by_id[(decision.target, decision.backup_id)])
         outcome.deleted.append(decision.backup_id)
-    outcome.swept = sweep_leftovers(store, now)
+    outcome.swept = store.sweep_leftovers(LEFTOVER_AGE)
     return outcome
-
-
-def sweep_leftovers(store: BackupStore, now: datetime, older_than: timedelta = timedelta(days=1)) -> list[str]:
-    """Remove what writers killed outright (SIGKILL, power loss) could not clean up themselves."""
-    from dbops_pipelines.storage.local import LocalStore
-    from dbops_pipelines.storage.s3 import S3Store
-
-    if isinstance(store, S3Store):
-        return store.abort_stale_uploads(older_than)
-    swept = []
-    if isinstance(store, LocalStore):
-        for path in store.list_partials():
-            if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < now - older_than:
-                path.unlink(missing_ok=True)
-                swept.append(str(path))
-    return swept

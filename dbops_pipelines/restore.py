@@ -110,6 +110,16 @@ def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterabl
     return _held_back(decompressed())
 
 
+def table_selection_schema(tables: list[str]) -> str | None:
+    """The one schema of a table selection (None for no selection). pg_restore matches --schema
+    and --table independently, so a.x + b.y would also bring a.y and b.x: refuse mixed schemas."""
+    schemas = sorted({split_table(t)[0] for t in tables})
+    if len(schemas) > 1:
+        raise RestoreFailed(f"selected tables span several schemas ({', '.join(schemas)})",
+                            "restore the tables of one schema at a time")
+    return schemas[0] if schemas else None
+
+
 def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: int, clean: bool, source: str | None,
                        no_privileges: bool = False) -> list[str]:
     cmd = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={dsn}", "--no-owner"]
@@ -119,12 +129,8 @@ def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: i
     if clean:
         cmd += ["--clean", "--if-exists"]
     tables = list(tables)
-    schemas = sorted({split_table(t)[0] for t in tables})
-    if len(schemas) > 1:
-        # pg_restore matches --schema and --table independently: a.x + b.y would also bring a.y and b.x.
-        raise RestoreFailed(f"selected tables span several schemas ({', '.join(schemas)})",
-                            "restore the tables of one schema at a time")
-    for schema in schemas:
+    schema = table_selection_schema(tables)
+    if schema:
         cmd.append(f"--schema={schema}")
     for t in tables:
         cmd.append(f"--table={split_table(t)[1]}")
@@ -158,7 +164,7 @@ def restore_backup(
     on_warning: Callable[[str], None] | None = None,
 ) -> RestoreResult:
     tables = list(tables)
-    pg_restore_command("pg_restore", "", tables, jobs, clean, None)  # validates the selection up front
+    table_selection_schema(tables)  # before anything is read or started
     to_dsn, env = _password_to_env(to_dsn)
     manifest = find_backup(store, backup_id).manifest
     server_major = int(manifest.server_version.split(".")[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from dbops_pipelines.backup.manifest import MANIFEST_NAME, BackupManifest, manifest_key
+from dbops_pipelines.backup.manifest import MANIFEST_NAME, BackupManifest, backup_prefix, manifest_key
 from dbops_pipelines.backup.retention import BackupRecord
 from dbops_pipelines.errors import StorageError
 from dbops_pipelines.storage.base import BackupStore, ObjectInfo
@@ -62,6 +62,23 @@ def _started_from_id(backup_id: str, fallback: datetime) -> datetime:
         return fallback
 
 
+def _entry(store: BackupStore, tgt: str, bid: str, objs: list[ObjectInfo], report=None) -> BackupEntry:
+    """One backup from the objects under its prefix; valid only if its manifest reads."""
+    manifest = None
+    if any(o.key.endswith("/" + MANIFEST_NAME) for o in objs):
+        try:
+            manifest = BackupManifest.from_json(store.get_bytes(manifest_key(tgt, bid)))
+        except (StorageError, ValueError, TypeError):
+            manifest = None
+    started = datetime.fromisoformat(manifest.started_at) if manifest else _started_from_id(bid, min(o.modified for o in objs))
+    verification = None if report is None else {
+        "passed": report.passed, "outcome": report.outcome, "verified_at": report.verified_at,
+        "run_id": report.run_id, "rto_seconds": report.rto_seconds, "summary": report.summary(),
+    }
+    return BackupEntry(bid, tgt, "valid" if manifest else "incomplete", started,
+                       tuple(sorted(o.key for o in objs)), manifest, sum(o.size for o in objs), verification)
+
+
 def list_backups(store: BackupStore, target: str | None = None) -> list[BackupEntry]:
     """Newest first. A backup whose manifest cannot be read is reported as incomplete.
     Each entry carries the outcome of its newest restore verification."""
@@ -72,34 +89,19 @@ def list_backups(store: BackupStore, target: str | None = None) -> list[BackupEn
         if len(parts) < 3 or parts[0].startswith("_"):  # _verifications/ and other non-backup records
             continue
         groups.setdefault((parts[0], parts[1]), []).append(obj)
-    entries = []
-    for (tgt, bid), objs in groups.items():
-        names = {o.key.split("/", 2)[2] for o in objs}
-        manifest = None
-        if MANIFEST_NAME in names:
-            try:
-                manifest = BackupManifest.from_json(store.get_bytes(manifest_key(tgt, bid)))
-            except (StorageError, ValueError, TypeError):
-                manifest = None
-        started = datetime.fromisoformat(manifest.started_at) if manifest else _started_from_id(bid, min(o.modified for o in objs))
-        report = reports.get(bid)
-        verification = None if report is None else {
-            "passed": report.passed, "outcome": report.outcome, "verified_at": report.verified_at,
-            "run_id": report.run_id, "rto_seconds": report.rto_seconds, "summary": report.summary(),
-        }
-        entries.append(BackupEntry(bid, tgt, "valid" if manifest else "incomplete", started,
-                                   tuple(sorted(o.key for o in objs)), manifest,
-                                   sum(o.size for o in objs), verification))
+    entries = [_entry(store, tgt, bid, objs, reports.get(bid)) for (tgt, bid), objs in groups.items()]
     return sorted(entries, key=lambda e: (e.started_at, e.backup_id), reverse=True)
 
 
 def find_backup(store: BackupStore, backup_id: str) -> BackupEntry:
+    """One backup by id: lists only its own prefix and reads only its own manifest."""
     target = backup_id.rsplit("-", 2)[0] if backup_id.count("-") >= 2 else None
-    for entry in list_backups(store, target):
-        if entry.backup_id == backup_id:
-            if not entry.valid:
-                raise StorageError(f"backup {backup_id} is incomplete (no manifest)", "it cannot be restored; pick a valid backup from `dbops backups list`")
-            return entry
+    objs = store.list(backup_prefix(target, backup_id)) if target else []
+    if objs:
+        entry = _entry(store, target, backup_id, objs)
+        if not entry.valid:
+            raise StorageError(f"backup {backup_id} is incomplete (no manifest)", "it cannot be restored; pick a valid backup from `dbops backups list`")
+        return entry
     raise StorageError(f"backup {backup_id} not found", "run `dbops backups list` to see the backups in the store")
 
 

@@ -134,10 +134,11 @@ def build_integrity_check(target: str) -> dg.AssetChecksDefinition:
         if event is None or "backup_id" not in event.asset_materialization.metadata:
             return dg.AssetCheckResult(passed=False, metadata={"finding": "no backup has been recorded yet"})
         backup_id = event.asset_materialization.metadata["backup_id"].value
-        store = dbops.store()
+        fleet_cfg = dbops.config()  # read dbops.yaml once per evaluation
+        store = fleet.fleet_store(fleet_cfg)
         try:
             entry = find_backup(store, backup_id)
-            report = check_backup(store, entry.manifest, dbops.read_keys(), dbops.config().defaults.pg_bin_dir)
+            report = check_backup(store, entry.manifest, fleet.read_keys(fleet_cfg), fleet_cfg.defaults.pg_bin_dir)
         except DbopsError as exc:
             return dg.AssetCheckResult(
                 passed=False,

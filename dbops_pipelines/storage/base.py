@@ -6,7 +6,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,11 @@ class BackupStore(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    def sweep_leftovers(self, older_than: timedelta) -> list[str]:
+        """Remove what writers killed outright (SIGKILL, power loss) left behind and could not
+        clean up themselves; returns what was removed. Stores without such leftovers keep this."""
+        return []
 
     @abstractmethod
     def location(self, key: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from dbops_pipelines.errors import StorageError
@@ -77,6 +77,15 @@ class LocalStore(BackupStore):
     def list_partials(self) -> list[Path]:
         """Leftovers of writers that were killed outright; retention sweeps them."""
         return sorted(self.root.rglob(f"*{PARTIAL_SUFFIX}")) if self.root.exists() else []
+
+    def sweep_leftovers(self, older_than: timedelta) -> list[str]:
+        cutoff = datetime.now(timezone.utc) - older_than
+        swept = []
+        for path in self.list_partials():
+            if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < cutoff:
+                path.unlink(missing_ok=True)
+                swept.append(str(path))
+        return swept
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -80,7 +80,7 @@ class S3Store(BackupStore):
             )
         except BaseException as exc:
             # Abort so no partial object or billed orphan parts remain. If the store is down this
-            # fails too; a lifecycle rule (AbortIncompleteMultipartUpload) and `abort_stale_uploads`
+            # fails too; a lifecycle rule (AbortIncompleteMultipartUpload) and `sweep_leftovers` (run by retention)
             # clean up later. An incomplete multipart upload is never visible as an object.
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
@@ -181,7 +181,7 @@ class S3Store(BackupStore):
         except BotoCoreError as exc:
             raise self._fail(f"checking {self.location(key)}", exc) from None
 
-    def abort_stale_uploads(self, older_than: timedelta = timedelta(days=1)) -> list[str]:
+    def sweep_leftovers(self, older_than: timedelta = timedelta(days=1)) -> list[str]:
         """Abort multipart uploads left by writers that died before they could abort."""
         cutoff = datetime.now(timezone.utc) - older_than
         aborted = []

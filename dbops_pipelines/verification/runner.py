@@ -11,17 +11,17 @@ import psycopg
 from dbops_pipelines import fleet
 from dbops_pipelines.backup.catalog import BackupEntry, find_backup, list_backups
 from dbops_pipelines.backup.snapshot import content_checksum_sql, count_rows, schema_fingerprint, split_table, user_tables
-from dbops_pipelines.config import FleetConfig, redact
+from dbops_pipelines.config import FleetConfig, VerificationSettings, redact
 from dbops_pipelines.errors import DbopsError, EncryptionKeyError, IntegrityError, StorageError
 from dbops_pipelines.restore import restore_backup
+from dbops_pipelines.storage.base import BackupStore
 from dbops_pipelines.verification.compare import compare_fingerprints, compare_tables, rto_finding
 from dbops_pipelines.verification.report import Finding, VerificationReport, save_report
 from dbops_pipelines.verification.sanity import run_sanity_checks
 from dbops_pipelines.verification.scratch import ScratchDatabase, admin_dsn, scratch_name, server_label, sweep_stale
 
 
-def pick_backup(cfg: FleetConfig, target: str, backup_id: str | None) -> BackupEntry:
-    store = fleet.fleet_store(cfg)
+def pick_backup(store: BackupStore, target: str, backup_id: str | None) -> BackupEntry:
     if backup_id:
         entry = find_backup(store, backup_id)
         if entry.target != target:
@@ -61,9 +61,8 @@ def verify_backup(
     """Never raises for a bad backup: every problem becomes a finding in a saved, failed report.
     Raises only when no verification could be attempted (config, no backup, server unreachable)."""
     settings = cfg.verification_for(target)
-    entry = pick_backup(cfg, target, backup_id)
-    manifest = entry.manifest
     store = fleet.fleet_store(cfg)
+    manifest = pick_backup(store, target, backup_id).manifest
     started = datetime.now(timezone.utc)
     admin = admin_dsn(cfg.target(target).dsn, settings.server_dsn)
     swept = sweep_stale(admin, target, started)
@@ -78,7 +77,7 @@ def verify_backup(
     log(f"verifying {manifest.backup_id} in scratch database {name} on {report.server}")
     try:
         with ScratchDatabase(admin, name) as scratch:
-            _restore_and_compare(cfg, target, manifest, scratch, report, log)
+            _restore_and_compare(cfg, store, settings, manifest, scratch, report, log)
     except psycopg.Error as exc:
         report.findings.append(Finding("restore", "error", manifest.backup_id, f"verification could not finish: {redact(str(exc)).strip()}"))
     # Evidence is kept for every conclusion, pass or fail. A cancelled run raises past this line
@@ -87,10 +86,9 @@ def verify_backup(
     return report
 
 
-def _restore_and_compare(cfg: FleetConfig, target: str, manifest, scratch: str, report: VerificationReport,
-                         log: Callable[[str], None]) -> None:
-    settings = cfg.verification_for(target)
-    store = fleet.fleet_store(cfg)
+def _restore_and_compare(cfg: FleetConfig, store: BackupStore, settings: VerificationSettings, manifest,
+                         scratch: str, report: VerificationReport, log: Callable[[str], None]) -> None:
+    target = manifest.target
     t0 = time.monotonic()
     try:
         # No GRANTs: a staging server need not have the production roles, and privileges are
