@@ -14,9 +14,10 @@ import time
 from dbops_pipelines import fleet
 from dbops_pipelines.backup.catalog import find_backup, list_backups
 from dbops_pipelines.backup.crypto import generate_key
-from dbops_pipelines.backup.engine import Progress
+from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.integrity import check_backup
-from dbops_pipelines.config import load_config, redact
+from dbops_pipelines.config import load_config
+from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import DbopsError
 from dbops_pipelines.restore import restore_backup
 from dbops_pipelines.verification.runner import verify_backup

@@ -19,22 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dbops_pipelines.backup.retention import RetentionPolicy
 from dbops_pipelines.errors import ConfigError
+from dbops_pipelines.redact import redact
 
 DEFAULT_CONFIG_PATH = "dbops.yaml"
 BackupKind = Literal["full", "schema", "tables"]
-
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@/\s]*)(?P<tail>@)", re.I)
-_PASSWORD_KV = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
-
-
-def redact(text: str) -> str:
-    """Remove passwords from DSNs and key=value connection strings anywhere in ``text``.
-
-    Used on everything that leaves the process: logs, metadata, exceptions, CLI output.
-    """
-    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    return _PASSWORD_KV.sub(lambda m: f"{m['head']}***", text)
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

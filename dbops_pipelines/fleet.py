@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 from dbops_pipelines.backup.catalog import BackupEntry, delete_backup, list_backups
 from dbops_pipelines.backup.crypto import BackupKey, key_from_env
-from dbops_pipelines.backup.engine import BackupOptions, Progress, run_backup
+from dbops_pipelines.backup.engine import BackupOptions, run_backup
+from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.manifest import BackupManifest
 from dbops_pipelines.backup.retention import RetentionPlan, plan_retention
 from dbops_pipelines.config import FleetConfig

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from dbops_pipelines.config import redact
+from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import BackupFailed, DatabaseUnreachable
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")

@@ -23,10 +23,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbops_pipelines.backup.catalog import find_backup
 from dbops_pipelines.backup.crypto import BackupKey, decrypt_stream, manifest_mac
-from dbops_pipelines.backup.engine import Progress
+from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.manifest import BackupManifest
 from dbops_pipelines.backup.snapshot import split_table
-from dbops_pipelines.config import redact
+from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import EncryptionKeyError, IntegrityError, RestoreFailed
 from dbops_pipelines.pgtools import StderrCollector, binary_version, find_binary
 from dbops_pipelines.storage.base import BackupStore

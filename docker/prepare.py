@@ -22,7 +22,8 @@ import psycopg
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dbops_pipelines.config import load_config, redact
+from dbops_pipelines.config import load_config
+from dbops_pipelines.redact import redact
 from dbops_pipelines.sample.appdb import build_sample_database
 
 WAIT_SECONDS = 180

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from dbops_pipelines.alerts.dispatch import Observation
 from dbops_pipelines.alerts.model import Alert
-from dbops_pipelines.config import redact
+from dbops_pipelines.redact import redact
 
 EXCERPT_CHARS = 600
 

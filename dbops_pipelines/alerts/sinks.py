@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 
 from dbops_pipelines.alerts.model import SEVERITIES, Alert, DeliveryResult, Notification, severity_rank
-from dbops_pipelines.config import redact
+from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import ConfigError
 
 _MAX_ERROR = 300

@@ -22,7 +22,8 @@ import zstandard
 from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream, manifest_mac
 from dbops_pipelines.backup.manifest import BackupManifest, data_key, manifest_key, new_backup_id
 from dbops_pipelines.backup.snapshot import check_readable, count_rows, pg_dump_pattern, schema_fingerprint, table_checksums, tables_in_dump
-from dbops_pipelines.config import redact
+from dbops_pipelines.progress import Progress
+from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import BackupFailed, DbopsError
 from dbops_pipelines.pgtools import StderrCollector, binary_version, check_client_version, connect, enlarge_pipe, find_binary
 from dbops_pipelines.storage.base import BackupStore
@@ -30,17 +31,6 @@ from dbops_pipelines.storage.base import BackupStore
 READ_SIZE = 1 << 20
 SHORT_READ = 256 << 10
 ENCRYPTION = "aes-256-gcm-chunked-v1"
-
-
-@dataclass(frozen=True)
-class Progress:
-    raw_bytes: int
-    stored_bytes: int
-    elapsed: float
-
-    @property
-    def rate(self) -> float:
-        return self.raw_bytes / self.elapsed if self.elapsed > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ import dagster as dg
 
 from dbops_pipelines import fleet
 from dbops_pipelines.backup.catalog import find_backup
-from dbops_pipelines.backup.engine import Progress
+from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.integrity import check_backup
 from dbops_pipelines.backup.manifest import BackupManifest
-from dbops_pipelines.config import FleetConfig, redact
+from dbops_pipelines.config import FleetConfig
+from dbops_pipelines.redact import redact
 from dbops_pipelines.defs.resources import DbopsFleet
 from dbops_pipelines.errors import DatabaseUnreachable, DbopsError, StorageError
 

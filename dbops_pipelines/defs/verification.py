@@ -9,7 +9,8 @@ config. It takes the same per-server pool as backups, so they never overload one
 
 import dagster as dg
 
-from dbops_pipelines.config import FleetConfig, redact
+from dbops_pipelines.config import FleetConfig
+from dbops_pipelines.redact import redact
 from dbops_pipelines.defs.backups import backup_asset_key, server_pool
 from dbops_pipelines.defs.resources import DbopsFleet
 from dbops_pipelines.errors import DbopsError

@@ -11,7 +11,8 @@ import psycopg
 from dbops_pipelines import fleet
 from dbops_pipelines.backup.catalog import BackupEntry, find_backup, list_backups
 from dbops_pipelines.backup.snapshot import content_checksum_sql, count_rows, schema_fingerprint, split_table, user_tables
-from dbops_pipelines.config import FleetConfig, VerificationSettings, redact
+from dbops_pipelines.config import FleetConfig, VerificationSettings
+from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import DbopsError, EncryptionKeyError, IntegrityError, StorageError
 from dbops_pipelines.restore import restore_backup
 from dbops_pipelines.storage.base import BackupStore

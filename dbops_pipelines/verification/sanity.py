@@ -8,7 +8,8 @@ from datetime import datetime
 
 import psycopg
 
-from dbops_pipelines.config import SanityCheck, redact
+from dbops_pipelines.config import SanityCheck
+from dbops_pipelines.redact import redact
 from dbops_pipelines.verification.report import Finding
 
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
