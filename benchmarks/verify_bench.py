@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from dbops_pipelines import fleet  # noqa: E402
 from dbops_pipelines.config import load_config  # noqa: E402
+from dbops_pipelines.context import FleetContext  # noqa: E402
 from dbops_pipelines.localdev.pgcluster import LocalCluster  # noqa: E402
 from dbops_pipelines.verification.runner import verify_backup  # noqa: E402
 
@@ -69,7 +70,7 @@ def main() -> int:
         config.write_text(yaml.safe_dump({
             "storage": {"url": f"file://{work / 'store'}"}, "encryption": {"key_env": "DBOPS_BENCH_KEY"},
             "targets": {"bench": {"dsn": cluster.dsn("bench"), "verification": {"jobs": args.jobs}}}}))
-        cfg = load_config(config)
+        cfg = FleetContext(load_config(config))
         t = time.monotonic()
         manifest = fleet.backup_target(cfg, "bench")
         print(f"  pipeline backup: {time.monotonic() - t:.1f} s, {manifest.raw_bytes / 1e6:.0f} MB dumped, "

@@ -1,24 +1,36 @@
 """`dbops`: the operators' and scripts' face of the core. Argument parsing and printing only.
 
 Exit codes: 0 success, 1 the operation failed (the message says what to do) or, for `verify`,
-the backup did not verify; 2 bad usage.
+the backup did not verify; 2 bad usage (including a malformed --to); 130 interrupted by Ctrl-C,
+143 by SIGTERM (children stopped, nothing half-done kept); 141 the reader of stdout went away.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
+import signal
 import sys
 import time
+import traceback
+
+import psycopg
 
 from dbops_pipelines import fleet
-from dbops_pipelines.backup.catalog import find_backup, list_backups
+from dbops_pipelines.backup.catalog import find_backup
+from dbops_pipelines.backup.migrate import migrate_target
 from dbops_pipelines.backup.crypto import generate_key
 from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.integrity import check_backup
 from dbops_pipelines.config import load_config
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.inventory import inventory
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import DbopsError
+from dbops_pipelines.interrupts import sigterm_as_interrupt
+from dbops_pipelines.pgtools import parse_dsn
 from dbops_pipelines.restore import restore_backup
 from dbops_pipelines.verification.runner import verify_backup
 
@@ -60,11 +72,16 @@ def cmd_keygen(args) -> int:
     return 0
 
 
+def _context(args) -> FleetContext:
+    """Built once per command: the config snapshot, the store, the keys."""
+    return FleetContext(load_config(args.config))
+
+
 def cmd_backup(args) -> int:
-    cfg = load_config(args.config)
+    ctx = _context(args)
     printer = ProgressPrinter(f"backup {args.target}")
     t0 = time.monotonic()
-    manifest = fleet.backup_target(cfg, args.target, args.kind, tuple(args.table), progress=printer,
+    manifest = fleet.backup_target(ctx, args.target, args.kind, tuple(args.table), progress=printer,
                                    on_warning=_warn, progress_interval=printer.interval)
     printer.done()
     print(f"backup {manifest.backup_id} complete: {human_bytes(manifest.raw_bytes)} dumped, "
@@ -74,8 +91,10 @@ def cmd_backup(args) -> int:
 
 
 def cmd_backups_list(args) -> int:
-    cfg = load_config(args.config)
-    entries = list_backups(fleet.fleet_store(cfg), args.target)
+    ctx = _context(args)
+    if args.target:
+        ctx.config.target(args.target)
+    entries = inventory(ctx, args.target)
     if args.json:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
         return 0
@@ -89,13 +108,18 @@ def cmd_backups_list(args) -> int:
         verified = f"{v['outcome']} {v['verified_at'][:16]}" if v else "never"
         print(f"{e.backup_id:<36} {d['kind'] or '-':<7} {e.status:<11} {e.started_at:%Y-%m-%d %H:%M:%S}  "
               f"{human_bytes(d['size_bytes'] or 0):>10}  {d['total_rows'] if d['total_rows'] is not None else '-':>10}  {verified}")
+    for e in entries:
+        if e.problem:
+            print(f"warning: {e.backup_id}: {redact(e.problem)}", file=sys.stderr)
     return 0
 
 
 def cmd_restore(args) -> int:
-    cfg = load_config(args.config)
+    ctx = _context(args)
+    cfg = ctx.config
     printer = ProgressPrinter(f"restore {args.backup_id}")
-    result = restore_backup(fleet.fleet_store(cfg), args.backup_id, fleet.read_keys(cfg), args.to,
+    manifest = find_backup(ctx.store, ctx.read_keys, args.backup_id).manifest
+    result = restore_backup(ctx.store, manifest, ctx.read_keys, args.to,
                             tables=args.table, jobs=args.jobs, clean=args.clean,
                             pg_bin_dir=cfg.defaults.pg_bin_dir, progress=printer, on_warning=_warn,
                             progress_interval=printer.interval)
@@ -105,19 +129,26 @@ def cmd_restore(args) -> int:
 
 
 def cmd_check(args) -> int:
-    cfg = load_config(args.config)
-    store = fleet.fleet_store(cfg)
-    entry = find_backup(store, args.backup_id)
-    report = check_backup(store, entry.manifest, fleet.read_keys(cfg), cfg.defaults.pg_bin_dir)
+    ctx = _context(args)
+    entry = find_backup(ctx.store, ctx.read_keys, args.backup_id)
+    report = check_backup(ctx.store, entry.manifest, ctx.read_keys, ctx.config.defaults.pg_bin_dir)
     print(f"backup {report.backup_id} is intact: sha256 verified, {report.toc_entries} archive entries, "
           f"{len(report.tables_with_data)} tables with data")
     return 0
 
 
 def cmd_verify(args) -> int:
-    cfg = load_config(args.config)
+    ctx = _context(args)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
-    report = verify_backup(cfg, args.target, args.backup, log=log)
+    try:
+        report = verify_backup(ctx, args.target, args.backup, log=log)
+    except DbopsError as exc:
+        if not args.json:
+            raise
+        # JSON in every outcome: scripts parse stdout whatever happened.
+        print(json.dumps({"target": args.target, "backup_id": args.backup, "outcome": "not run", "passed": False,
+                          "error": redact(exc.message), "what_to_do": exc.hint}, indent=2))
+        return 1
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -136,14 +167,32 @@ def cmd_verify(args) -> int:
 
 
 def cmd_retention(args) -> int:
-    cfg = load_config(args.config)
-    outcome = fleet.apply_retention(cfg, args.target, dry_run=args.dry_run)
+    ctx = _context(args)
+    if args.target:
+        ctx.config.target(args.target)
+    outcome = fleet.apply_retention(ctx, args.target, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({**outcome.plan.to_dict(), "dry_run": args.dry_run, "deleted": outcome.deleted, "swept": outcome.swept}, indent=2))
     else:
         print(outcome.plan.summary())
         print("dry run: nothing deleted" if args.dry_run else f"deleted {len(outcome.deleted)} backup(s)")
-    return 0
+    for target, why in outcome.blocked.items():
+        print(f"error: retention of {target} stopped, nothing of it deleted: {redact('; '.join(why))}\n"
+              "  what to do: find out why these backups cannot be read or trusted (see `dbops backups list`), fix or "
+              "remove them by hand, then run retention again", file=sys.stderr)
+    return 1 if outcome.blocked else 0
+
+
+def cmd_store_migrate(args) -> int:
+    ctx = _context(args)
+    failed = False
+    for target in sorted(ctx.config.targets):
+        result = migrate_target(ctx.store, ctx.read_keys, target, log=lambda m: print(m, file=sys.stderr))
+        print(f"{target}: moved {len(result.moved)} backup(s)" + (f", left {len(result.left)}" if result.left else ""))
+        for bid, why in result.left.items():
+            failed = True
+            print(f"  left {bid}: {redact(why)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,26 +237,107 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--dry-run", action="store_true", help="show the plan, delete nothing")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(func=cmd_retention)
+
+    st = sub.add_parser("store", help="maintain the store").add_subparsers(dest="sub", required=True)
+    mg = st.add_parser("migrate", help="move backups from the pre-0.2 layout (<target>/<id>/) under backups/")
+    mg.set_defaults(func=cmd_store_migrate)
     return p
 
 
+def _error(message: str, hint: str | None = None) -> None:
+    # On a terminal the progress line may still be open: start on a fresh one.
+    lead = "\n" if sys.stderr.isatty() else ""
+    print(f"{lead}error: {message}", file=sys.stderr)
+    if hint:
+        print(f"  what to do: {hint}", file=sys.stderr)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(redact(str(exc)).split()) or type(exc).__name__
+
+
+def _usage_problem(args) -> DbopsError | None:
+    """Bad usage, found before anything is loaded or touched (exit 2)."""
+    if args.command == "restore":
+        if args.jobs < 1:
+            return DbopsError("--jobs must be at least 1")
+        try:
+            info = parse_dsn(args.to, "--to", DbopsError)
+        except DbopsError as exc:
+            return exc
+        if not (info.get("dbname") or info.get("service")):
+            # libpq would pick a default database: never restore into one by accident.
+            return DbopsError("--to names no database", "write postgresql://user@host:port/dbname or 'host=... dbname=...'")
+    return None
+
+
+def _stdout_gone() -> bool:
+    """Did the reader of stdout go away (`dbops backups list | head -1`)? Then poll reports an
+    error on our end of the pipe; a BrokenPipeError from anywhere else is a real failure."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_exit_for_closed_stdout() -> int:
+    # What `head` expects of a producer: stop quietly. Python would otherwise report the failed
+    # flush of what is still buffered when it exits; send that to /dev/null instead.
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+    return 128 + signal.SIGPIPE  # 141, as for a Unix tool the broken pipe ended
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every way a command can end is one of the exit codes in the module docstring, with one
+    clear line on stderr: never a traceback (DBOPS_DEBUG=1 adds one, redacted, for a bug)."""
+    with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: children stopped, temp files removed
+        code = _main(argv)
+        try:
+            sys.stdout.flush()  # a closed stdout shows here, not in Python's exit-time flush
+        except BrokenPipeError:
+            return _quiet_exit_for_closed_stdout()
+        return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "table", None) and args.command == "backup" and not args.kind:
         args.kind = "tables"
-    if args.command == "restore" and args.jobs < 1:
-        print("error: --jobs must be at least 1", file=sys.stderr)
+    problem = _usage_problem(args)
+    if problem:
+        _error(problem.message, problem.hint)
         return 2
     try:
         return args.func(args)
-    except DbopsError as exc:
-        print(f"\nerror: {redact(exc.message)}", file=sys.stderr)
-        if exc.hint:
-            print(f"  what to do: {exc.hint}", file=sys.stderr)
+    except BrokenPipeError as exc:
+        if _stdout_gone():
+            return _quiet_exit_for_closed_stdout()
+        _error(f"unexpected broken pipe: {_one_line(exc)}", "this is a bug in dbops: please report it with the command you ran")
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: what was under way was stopped and nothing half-done was recorded", file=sys.stderr)
-        return 130
+    except DbopsError as exc:
+        _error(redact(exc.message), exc.hint)
+        return 1
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}interrupted ({'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}): "
+              "what was under way was stopped and nothing half-done was recorded", file=sys.stderr)
+        return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
+    except psycopg.Error as exc:
+        # The core turns expected database failures into DbopsErrors; this one slipped through.
+        _error(f"database error: {_one_line(exc)}", "check the server and its log, then run the command again")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the boundary: one line instead of a traceback
+        _error(f"unexpected {type(exc).__name__}: {_one_line(exc)}",
+               "this is a bug in dbops: please report it with the command you ran (DBOPS_DEBUG=1 shows where it happened)")
+        if os.environ.get("DBOPS_DEBUG"):
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Fleet configuration from dbops.yaml plus the environment, and the one DSN redaction helper.
+"""Fleet configuration from dbops.yaml plus the environment (docs/configuration.md).
+
+Settings are grouped by feature under each target (`backup`, `verification`, and room for
+`stats`, `gdpr`, `wal`, `audit`); what belongs to a PostgreSQL server rather than a database
+lives under `clusters`. Files in the flat shape of earlier releases still load
+(config_legacy.py). Validation is strict everywhere: unknown keys, duplicate YAML keys,
+booleans or strings where numbers belong and meaningless DSNs are errors naming the key path.
 
 Secrets never live in dbops.yaml: the encryption key comes from an environment variable named
-in the file, database passwords from the environment (PGPASSWORD) or a PGPASSFILE, and S3
-credentials from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile...).
+in the file, database passwords from the environment (PGPASSWORD) or a PGPASSFILE, S3
+credentials from boto3's usual chain, alert sink secrets from variables named by *_env keys.
 """
 
 from __future__ import annotations
@@ -10,22 +16,52 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 import yaml
-from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dbops_pipelines.backup.retention import RetentionPolicy
+from dbops_pipelines.config_legacy import as_written, migrate, warn_moves
+from dbops_pipelines.config_sinks import AlertSettings, SinkSettings  # noqa: F401  (re-exported)
 from dbops_pipelines.errors import ConfigError
 from dbops_pipelines.redact import redact
 
 DEFAULT_CONFIG_PATH = "dbops.yaml"
 BackupKind = Literal["full", "schema", "tables"]
+Purpose = Literal["backup", "cleanup", "monitor"]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `keep_daily: true` or `keep_daily: "7"` is an error, not 1 or 7 (an int is still a float)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_dsn(v: str) -> str:
+    """A DSN libpq can parse, that names something, and holds no password. Messages never echo it."""
+    if not v.strip():
+        raise ValueError("the DSN is empty: libpq would connect wherever its defaults point; write "
+                         "postgresql://user@host:port/dbname")
+    if redact(v) != v:
+        raise ValueError("the DSN contains a password; remove it and supply it through PGPASSWORD or a PGPASSFILE")
+    scheme = re.match(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://", v)
+    if scheme and scheme[1].lower() not in ("postgresql", "postgres"):
+        raise ValueError(f"the DSN scheme is {scheme[1]!r}; use postgresql://user@host:port/dbname")
+    try:
+        info = conninfo_to_dict(v)
+    except Exception as exc:  # noqa: BLE001 - psycopg raises ProgrammingError; its text may quote a fragment
+        reason = re.sub(r'after "[^"]*"', "after a word", str(exc).strip().splitlines()[0])
+        raise ValueError(f"libpq cannot parse the DSN ({redact(reason)})") from None
+    if not any(info.get(k) for k in ("host", "hostaddr", "dbname", "service")):
+        raise ValueError("the DSN names no host, database or service; write postgresql://user@host:port/dbname")
+    if info.get("port") and not all(p.isdigit() for p in str(info["port"]).split(",")):
+        raise ValueError("the DSN's port is not a number")
+    return v
+
+
+Dsn = Annotated[str, AfterValidator(_check_dsn)]
+RoleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$.-]{0,62}$")]
 
 
 class RetentionSettings(_Strict):
@@ -46,9 +82,8 @@ class StorageSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        scheme = urlsplit(v).scheme
-        if scheme not in ("file", "s3"):
-            raise ValueError(f"storage.url must start with file:// or s3://, got {v!r}")
+        if not re.match(r"(file|s3)://", v):
+            raise ValueError("storage.url must start with file:// or s3://")
         return v
 
 
@@ -71,7 +106,7 @@ class SanityCheck(_Strict):
 class VerificationSettings(_Strict):
     """Every key optional: a target's block overrides `defaults.verification` key by key."""
 
-    server_dsn: str | None = None       # a staging server; default: the target's own server
+    server_dsn: Dsn | None = None       # a staging server; default: the target's own server
     schedule: str | None = None         # default "0 4 * * 0" (Sunday 04:00)
     timezone: str | None = None
     rto_objective_seconds: int | None = Field(None, ge=1)   # default 4 h
@@ -80,13 +115,6 @@ class VerificationSettings(_Strict):
     sanity_checks: list[SanityCheck] | None = None
     max_age_days: float | None = Field(None, gt=0)          # alert when no passing verification is younger
 
-    @field_validator("server_dsn")
-    @classmethod
-    def _no_password(cls, v: str | None) -> str | None:
-        if v and redact(v) != v:
-            raise ValueError("the DSN contains a password; supply it through PGPASSWORD or a PGPASSFILE")
-        return v
-
 
 VERIFICATION_DEFAULTS = VerificationSettings(
     schedule="0 4 * * 0", timezone="UTC", rto_objective_seconds=4 * 3600,
@@ -94,56 +122,91 @@ VERIFICATION_DEFAULTS = VerificationSettings(
 )
 
 
-class SinkSettings(BaseModel):
-    """One alert destination; the keys beyond these depend on ``kind`` (docs/alerts.md).
-    Secrets are named by *_env keys and read from the environment when alerts are sent."""
+class TargetBackupSettings(_Strict):
+    """targets.<name>.backup: what to dump and when; unset keys come from defaults.backup."""
 
-    model_config = ConfigDict(extra="allow")
-    kind: Literal["slack", "webhook", "email", "pagerduty"]
-    min_severity: Literal["info", "warning", "critical"] = "warning"
-
-
-class AlertSettings(_Strict):
-    ui_base_url: str = "http://127.0.0.1:3000"   # links in messages point at runs in this UI
-    reminder_minutes: int = Field(240, ge=1)      # an open alert is repeated this often, not every tick
-    sensor_interval_seconds: int = Field(30, ge=5)
-    sinks: list[SinkSettings] = []
-
-
-class TargetSettings(_Strict):
-    dsn: str
     kind: BackupKind = "full"
-    tables: list[str] = []            # for kind=tables
+    tables: list[str] = []              # for kind=tables
     exclude_table_data: list[str] = []  # schema kept, rows left out (e.g. huge logs)
     schedule: str | None = None
     timezone: str | None = None
-    retention: RetentionSettings | None = None
-    server: str | None = None         # concurrency group; defaults to host:port of the DSN
-    verification: VerificationSettings | None = None
-    rpo_hours: float | None = Field(None, gt=0)   # alert when the newest valid backup is older
-
-    @field_validator("dsn")
-    @classmethod
-    def _no_password(cls, v: str) -> str:
-        if redact(v) != v:
-            raise ValueError(
-                "the DSN contains a password; remove it and supply it through PGPASSWORD or a PGPASSFILE"
-            )
-        return v
+    retention: RetentionSettings | None = None   # key by key over defaults.backup.retention
+    rpo_hours: float | None = Field(None, gt=0)  # alert when the newest valid backup is older
 
 
-class Defaults(_Strict):
+class BackupDefaults(_Strict):
+    """defaults.backup: applies to every target's backup unless the target overrides it."""
+
     schedule: str = "0 2 * * *"
     timezone: str = "UTC"
     retention: RetentionSettings = RetentionSettings()
+    rpo_hours: float = Field(24, gt=0)
+    compression_level: int = Field(3, ge=1, le=19)   # zstd; see docs/benchmarks.md for the trade-off
+    run_retries: int = Field(3, ge=0)                # Dagster retries of a run after a transient failure
+    retry_delay_seconds: int = Field(60, ge=0)       # doubled on every retry
+
+
+class FeatureSettings(_Strict):
+    """stats, gdpr, wal, audit: accepted and validated now, read by those features when they land."""
+
+    enabled: bool = True
+    schedule: str | None = None
+    timezone: str | None = None
+
+
+class RoleSettings(_Strict):
+    """PostgreSQL role per purpose, swapped into the target's DSN; the backup role is the DSN's own."""
+
+    cleanup: RoleName | None = None   # writes (GDPR cleanup): no default, the backup role must stay read-only
+    monitor: RoleName | None = None   # reads statistics; default: the backup role
+
+
+class ClusterSettings(_Strict):
+    """clusters.<name>: one PostgreSQL server: what belongs to it rather than to one database."""
+
+    dsn: Dsn | None = None          # the server itself (maintenance database), for server-level features
+    # Runs at once against this server, i.e. the limit of Dagster pool pg_server_<name>. Not applied
+    # by the Dagster layer yet: until it is, operators set it with `dagster instance concurrency set`.
+    pool_limit: int | None = Field(None, ge=1)
+    roles: RoleSettings = RoleSettings()         # defaults for every target on this cluster
+
+
+class TargetSettings(_Strict):
+    dsn: Dsn                            # the backup reader; no password
+    cluster: str | None = None          # a key of `clusters`; default: host:port of the DSN
+    roles: RoleSettings = RoleSettings()
+    backup: TargetBackupSettings = TargetBackupSettings()
+    verification: VerificationSettings | None = None
+    stats: FeatureSettings | None = None
+    gdpr: FeatureSettings | None = None
+    wal: FeatureSettings | None = None
+    audit: FeatureSettings | None = None
+
+    # The flat names the rest of the code (and earlier releases) read.
+    kind = property(lambda self: self.backup.kind)
+    tables = property(lambda self: self.backup.tables)
+    exclude_table_data = property(lambda self: self.backup.exclude_table_data)
+    schedule = property(lambda self: self.backup.schedule)
+    timezone = property(lambda self: self.backup.timezone)
+    retention = property(lambda self: self.backup.retention)
+    rpo_hours = property(lambda self: self.backup.rpo_hours)
+    server = property(lambda self: self.cluster)
+
+
+class Defaults(_Strict):
     connect_retries: int = Field(3, ge=0)     # quick reconnects inside one attempt
-    run_retries: int = Field(3, ge=0)         # Dagster retries of a run after a transient failure
-    retry_delay_seconds: int = Field(60, ge=0)  # doubled on every retry
     owners: list[str] = ["team:dbops"]
     pg_bin_dir: str | None = None
-    compression_level: int = Field(3, ge=1, le=19)   # zstd; see docs/benchmarks.md for the trade-off
+    backup: BackupDefaults = BackupDefaults()
     verification: VerificationSettings = VerificationSettings()
-    rpo_hours: float = Field(24, gt=0)
+
+    schedule = property(lambda self: self.backup.schedule)
+    timezone = property(lambda self: self.backup.timezone)
+    retention = property(lambda self: self.backup.retention)
+    rpo_hours = property(lambda self: self.backup.rpo_hours)
+    compression_level = property(lambda self: self.backup.compression_level)
+    run_retries = property(lambda self: self.backup.run_retries)
+    retry_delay_seconds = property(lambda self: self.backup.retry_delay_seconds)
 
 
 def _layered(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
@@ -159,6 +222,7 @@ class FleetConfig(_Strict):
     storage: StorageSettings = StorageSettings()
     encryption: EncryptionSettings = EncryptionSettings()
     defaults: Defaults = Defaults()
+    clusters: dict[str, ClusterSettings] = {}
     alerts: AlertSettings = AlertSettings()
     targets: dict[str, TargetSettings] = {}
 
@@ -172,6 +236,24 @@ class FleetConfig(_Strict):
                 )
         return v
 
+    @field_validator("clusters")
+    @classmethod
+    def _cluster_names(cls, v: dict[str, ClusterSettings]) -> dict[str, ClusterSettings]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.:\[\]-]{1,128}", name):
+                raise ValueError(f"cluster name {name!r} may hold letters, digits and _ . : - [ ] only "
+                                 "(it names a Dagster pool and, later, a storage path)")
+        return v
+
+    @model_validator(mode="after")
+    def _clusters_declared(self) -> "FleetConfig":
+        for name, t in self.targets.items():
+            if t.cluster is not None and t.cluster not in self.clusters:
+                known = ", ".join(sorted(self.clusters)) or "none"
+                raise ValueError(f"targets.{name}.cluster: {t.cluster!r} is not declared under clusters "
+                                 f"(declared: {known})")
+        return self
+
     def target(self, name: str) -> TargetSettings:
         try:
             return self.targets[name]
@@ -184,7 +266,7 @@ class FleetConfig(_Strict):
         return t.schedule or self.defaults.schedule, t.timezone or self.defaults.timezone
 
     def retention_for(self, name: str) -> RetentionPolicy:
-        """Target keys over defaults.retention keys."""
+        """Target keys over defaults.backup.retention keys."""
         return _layered(self.defaults.retention, self.target(name).retention).policy()
 
     def verification_for(self, name: str) -> VerificationSettings:
@@ -195,11 +277,55 @@ class FleetConfig(_Strict):
         return self.target(name).rpo_hours or self.defaults.rpo_hours
 
     def server_of(self, name: str) -> str:
+        """The target's cluster name: `cluster:`, else host:port of its DSN (which may itself be a
+        key of `clusters`). It names the concurrency pool."""
         t = self.target(name)
-        if t.server:
-            return t.server
+        if t.cluster:
+            return t.cluster
         info = conninfo_to_dict(t.dsn)  # URL or key=value form
         return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+
+    def cluster_of(self, name: str) -> ClusterSettings:
+        """The settings of the target's cluster; defaults when it is not declared."""
+        return self.clusters.get(self.server_of(name), ClusterSettings())
+
+    def dsn_for(self, name: str, purpose: Purpose) -> str:
+        """The DSN to use for one purpose: the target's `dsn` with the purpose's role from
+        targets.<name>.roles, else clusters.<cluster>.roles. `backup` is always `dsn` itself."""
+        t = self.target(name)
+        if purpose == "backup":
+            return t.dsn
+        if purpose not in ("cleanup", "monitor"):
+            raise ConfigError(f"unknown connection purpose {purpose!r}", "use backup, cleanup or monitor")
+        role = getattr(t.roles, purpose) or getattr(self.cluster_of(name).roles, purpose)
+        if role:
+            return make_conninfo(t.dsn, user=role)
+        if purpose == "monitor":
+            return t.dsn
+        raise ConfigError(
+            f"target {name!r} has no role for {purpose}",
+            f"set targets.{name}.roles.{purpose} (or clusters.{self.server_of(name)}.roles.{purpose}) to a role "
+            "that may change rows; the backup role in `dsn` should stay read-only",
+        )
+
+
+# --- reading the file ------------------------------------------------------------------------
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word; a config must not."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *anchor` overrides are YAML's own rule
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(f"line {line}: key {redact(str(key))!r} appears twice in one mapping "
+                                  f"(first on line {seen[key]})", "keep one of them: YAML would silently use the last")
+            seen.setdefault(key, line)
+        return super().construct_mapping(node, deep=deep)
 
 
 def config_path() -> Path:
@@ -214,20 +340,34 @@ def load_config(path: str | Path | None = None) -> FleetConfig:
             "create it (see docs/configuration.md) or point DBOPS_CONFIG at it",
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc.message}", exc.hint) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}", "fix the syntax error") from None
+        raise ConfigError(f"{path} is not valid YAML: {redact(str(exc))}", "fix the syntax error") from None
     return parse_config(raw, source=str(path))
 
 
+def _problem(e: dict, moves: list[tuple[str, str]]) -> str:
+    where = as_written(".".join(str(p) for p in e["loc"]), moves)
+    msg = redact(e["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
 def parse_config(raw: dict, source: str = "config") -> FleetConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} is invalid: the top level must be a mapping of sections",
+                          "start from the example in docs/configuration.md")
+    try:
+        raw, moves = migrate(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source} is invalid: {redact(exc.message)}", exc.hint) from None
     try:
         cfg = FleetConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {redact(e['msg'])}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e, moves) for e in exc.errors())
         raise ConfigError(f"{source} is invalid: {problems}", "fix the listed keys (docs/configuration.md)") from None
+    warn_moves(moves, source)
     # Relative file:// paths are relative to the config file, so the demo and tests are portable.
     if cfg.storage.url.startswith("file://") and source != "config":
         loc = cfg.storage.url[len("file://"):]

@@ -31,9 +31,18 @@ class StorageError(DbopsError):
     """The backup store failed (after retries) or holds something unexpected."""
 
 
+class ObjectExists(StorageError):
+    """A create-only write found an object already under its key; nothing was written."""
+
+
 class IntegrityError(DbopsError):
     """A stored backup failed authentication or checksum: corrupted, truncated or wrong key."""
 
 
 class RestoreFailed(DbopsError):
     """pg_restore failed or was stopped; see the message for what was (not) written."""
+
+
+class VerificationNotRun(DbopsError):
+    """A restore verification could not be carried out (key, server, permissions, client
+    programs); nothing was learnt about the backup and nothing was recorded against it."""

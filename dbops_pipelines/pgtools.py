@@ -1,7 +1,11 @@
 """PostgreSQL client programs (pg_dump, pg_restore) and connections: finding the right binary,
-checking its version against the server, and running it with stderr captured.
+checking its version against the server and the archive, and running it.
 
-This is the one process runner for pg_dump/pg_restore; both backup and restore use it.
+``PgProcess`` is the one process runner for pg_dump/pg_restore; backup and restore both use it:
+stderr captured (redacted) and surfaced, the child stopped and reaped whenever its block is
+left by an exception (KeyboardInterrupt and SIGTERM's Terminated included), its workers too.
+``private_tempdir`` is the one place a decrypted dump may touch disk, and it is always removed.
+Passwords never reach a child's command line: ``password_to_env`` moves them to PGPASSWORD.
 """
 
 from __future__ import annotations
@@ -9,37 +13,48 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbops_pipelines.redact import redact
-from dbops_pipelines.errors import BackupFailed, DatabaseUnreachable
+from dbops_pipelines.errors import BackupFailed, DatabaseUnreachable, DbopsError
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 
 
-def binary_version(path: str | Path) -> tuple[int, int]:
-    out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=True).stdout
+_BIN_HINT = "set defaults.pg_bin_dir (or DBOPS_PG_BIN) to a PostgreSQL client bin directory"
+
+
+def binary_version(path: str | Path, error: type[DbopsError] = BackupFailed) -> tuple[int, int]:
+    try:
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise error(f"cannot run {path} --version: {exc}", _BIN_HINT) from None
     m = re.search(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?", out)
     if not m:
-        raise BackupFailed(f"cannot read the version of {path} from {out!r}", "set defaults.pg_bin_dir to a PostgreSQL client bin directory")
+        raise error(f"cannot read the version of {path} from {out!r}", _BIN_HINT)
     return int(m[1]), int(m[2] or 0)
 
 
-def find_binary(name: str, server_major: int | None = None, bin_dir: str | None = None) -> Path:
+def find_binary(name: str, server_major: int | None = None, bin_dir: str | None = None,
+                error: type[DbopsError] = BackupFailed) -> Path:
     """Pick ``name`` from ``bin_dir`` if given, else the Debian install matching the server's
     major version (or the newest newer one), else the one on PATH."""
     bin_dir = bin_dir or os.environ.get("DBOPS_PG_BIN")
     if bin_dir:
         candidate = Path(bin_dir) / name
         if not candidate.exists():
-            raise BackupFailed(f"{candidate} does not exist", "fix defaults.pg_bin_dir / DBOPS_PG_BIN")
+            raise error(f"{candidate} does not exist", "fix defaults.pg_bin_dir / DBOPS_PG_BIN")
         return candidate
     if DEBIAN_PG_ROOT.is_dir():
         versions = sorted((int(p.name) for p in DEBIAN_PG_ROOT.iterdir() if p.name.isdigit() and (p / "bin" / name).exists()))
@@ -48,8 +63,27 @@ def find_binary(name: str, server_major: int | None = None, bin_dir: str | None 
             return DEBIAN_PG_ROOT / str(usable[0] if server_major else usable[-1]) / "bin" / name
     found = shutil.which(name)
     if not found:
-        raise BackupFailed(f"{name} not found", "install the PostgreSQL client (apt-get install postgresql-client) or set defaults.pg_bin_dir")
+        raise error(f"{name} not found", "install the PostgreSQL client (apt-get install postgresql-client) or set defaults.pg_bin_dir")
     return Path(found)
+
+
+def pick_client(name: str, needs: dict[str, int], bin_dir: str | None = None,
+                error: type[DbopsError] = BackupFailed) -> tuple[Path, tuple[int, int]]:
+    """The ``name`` program whose major version is at least each of ``needs`` ({what needs it:
+    major}), with its version; ``error`` says which one is missing and how to get it.
+
+    Majors only: the archive format and the SQL a client emits change with major releases."""
+    need = max(needs.values())
+    path = find_binary(name, need, bin_dir, error)
+    version = binary_version(path, error)
+    for what, major in needs.items():
+        if version[0] < major:
+            raise error(
+                f"{name} {version[0]}.{version[1]} ({path}) is older than {what}: it must be version {major} or newer",
+                f"install the PostgreSQL {need} client programs (apt-get install postgresql-client-{need}) "
+                "or point defaults.pg_bin_dir (DBOPS_PG_BIN) at them",
+            )
+    return path, version
 
 
 def check_client_version(name: str, client: tuple[int, int], server_major: int) -> None:
@@ -62,8 +96,42 @@ def check_client_version(name: str, client: tuple[int, int], server_major: int) 
         )
 
 
-def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0, **kwargs) -> psycopg.Connection:
-    """Connect with retries and exponential backoff; transient outages and restarts are common."""
+_DSN_HINT = ("write postgresql://user@host:port/dbname or 'host=... port=... dbname=...' (quote values with "
+             "spaces: password='a b'); better, leave the password out and export PGPASSWORD")
+
+
+def parse_dsn(dsn: str, what: str, error: type[DbopsError] = BackupFailed) -> dict[str, str]:
+    """conninfo_to_dict, plus the port check libpq only makes when connecting. The message never
+    holds the password: libpq's own can quote a fragment of it (``missing "=" after "b"`` for
+    ``password=a b``), so it is withheld whenever the string carries one."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        detail = ("libpq's details are withheld: they can quote part of the password" if redact(dsn) != dsn
+                  else redact(str(exc).strip().splitlines()[0]))
+        raise error(f"{what} is not a valid connection string ({detail})", _DSN_HINT) from None
+    ports = str(info.get("port") or "")
+    if not all(not p or (p.isdigit() and 0 < int(p) < 65536) for p in ports.split(",")):
+        raise error(f"{what} is not a valid connection string (port {ports!r} is not a number from 1 to 65535)", _DSN_HINT)
+    return info
+
+
+def password_to_env(dsn: str, error: type[DbopsError] = BackupFailed) -> tuple[str, dict[str, str]]:
+    """(the DSN without its password, the environment for a child with PGPASSWORD set). A
+    password goes to pg_dump/pg_restore through the environment, never on the command line,
+    where any local user can read it in the process list."""
+    info = parse_dsn(dsn, "the connection string", error)
+    password = info.pop("password", None)
+    if password is None:
+        return dsn, dict(os.environ)
+    return make_conninfo("", **info), {**os.environ, "PGPASSWORD": password}
+
+
+def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0,
+            error: type[DbopsError] = BackupFailed, **kwargs) -> psycopg.Connection:
+    """Connect with retries and exponential backoff; transient outages and restarts are common.
+    ``error`` is raised for a malformed DSN or a refused login (no retry helps either)."""
+    parse_dsn(dsn, f"the DSN of {label}", error)  # psycopg's own message could quote the password
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
@@ -72,7 +140,7 @@ def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0, **kwar
             last = exc
             if "authentication failed" in str(exc) or "no password supplied" in str(exc):
                 # Retrying a wrong password only locks accounts and delays the real message.
-                raise BackupFailed(
+                raise error(
                     f"{label} ({redact(dsn)}) refused the login: {redact(str(exc).strip())}",
                     "check the user and the password (PGPASSWORD or PGPASSFILE) for this target",
                 ) from None
@@ -116,3 +184,105 @@ def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:
         fcntl.fcntl(fd, 1031, size)  # F_SETPIPE_SZ
     except (ImportError, OSError):
         pass
+
+
+def _unstoppable(step: Callable[[], object]) -> None:
+    """Run a clean-up step to its end even if interrupted again meanwhile (a second Ctrl-C, or
+    Dagster's DagsterExecutionInterruptedError, which is no KeyboardInterrupt): half a clean-up
+    (a child still running, half a decrypted dump on disk) is worse than a moment's wait."""
+    while True:
+        try:
+            step()
+            return
+        except Exception:
+            raise
+        except BaseException:  # noqa: BLE001 - interrupts only: errors above propagate
+            continue
+
+
+class PgProcess:
+    """pg_dump or pg_restore, running. ``with PgProcess(cmd, ...) as proc:`` - leaving the block
+    by an exception stops the program (see ``stop``); leaving it normally expects the caller to
+    have waited, and stops a program still running all the same.
+
+    The program runs in its own process group: pg_restore --jobs forks one worker per job, and
+    stopping the leader alone would leave them writing to the destination. A terminal's Ctrl-C
+    then reaches only us, and we stop the group ourselves, in order.
+    """
+
+    def __init__(self, cmd: list[str], *, env: dict[str, str] | None = None, stdin: bool = False,
+                 stdout: bool = False, on_line: Callable[[str], None] | None = None,
+                 error: type[DbopsError] = BackupFailed):
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE if stdout else subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, env=env, process_group=0)
+        except OSError as exc:
+            raise error(f"cannot start {cmd[0]}: {exc}", _BIN_HINT) from None
+        self.pid = self.proc.pid
+        self.stdin = self.proc.stdin
+        self.stdout = self.proc.stdout
+        self.messages = StderrCollector(self.proc.stderr, on_line)  # .text(): its last lines, redacted
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to the group first: pg_dump and pg_restore then send the server a cancel for
+        each of their connections, so no COPY or CREATE INDEX runs on after them. SIGKILL to
+        the group if the leader has not exited within ``grace`` seconds, and to any worker left."""
+        stopping = False
+
+        def step() -> None:
+            nonlocal stopping
+            if not stopping and self.proc.poll() is None:
+                self._signal(signal.SIGTERM)
+                stopping = True  # from here on, a retry (after another Ctrl-C) goes straight to SIGKILL
+                try:
+                    self.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            if stopping:
+                self._signal(signal.SIGKILL)
+            self.proc.wait()
+
+        _unstoppable(step)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is gone already
+
+    def __enter__(self) -> PgProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the program if it still runs, reap it, and finish reading its stderr."""
+        # Stop before closing stdin: closing flushes, which blocks while a busy pg_restore
+        # is not reading, and it would go on writing to the destination meanwhile.
+        self.stop()
+        if self.stdin and not self.stdin.closed:
+            try:
+                self.stdin.close()
+            except BrokenPipeError:
+                pass  # unsent bytes of a program that is gone
+        if self.stdout:
+            self.stdout.close()
+        self.messages.text()  # stderr fully read: the last lines are complete for the caller
+
+
+@contextmanager
+def private_tempdir(prefix: str) -> Iterator[Path]:
+    """A directory only we can read (0700), removed on leaving the block however it is left: it
+    may hold a decrypted dump."""
+    path: Path | None = None
+    try:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        yield path
+    finally:
+        if path is not None:
+            _unstoppable(lambda: shutil.rmtree(path, ignore_errors=True))

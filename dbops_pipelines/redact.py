@@ -1,12 +1,35 @@
 """The one redaction helper: passwords out of everything that leaves the process (logs, run
-metadata, exceptions, alerts, CLI output). Neutral: every layer may import it."""
+metadata, exceptions, alerts, CLI output). Neutral: every layer may import it.
+
+The patterns follow libpq's own parsing, so whatever libpq would take as a password is hidden:
+- URL userinfo: libpq reads credentials up to the last '@' before the first '/', so a raw '@'
+  or '?' inside the password is hidden too (percent-encoded ones need nothing special);
+- URL query parameters: libpq percent-decodes the keys, so ``?pass%77ord=`` is a password as
+  much as ``&PassWord=``; the value ends at the next '&';
+- key=value: ``password=x``, ``password = 'x y'``, quoted values with backslash escapes
+  (``'it\\'s'``), unquoted values with escaped spaces (``a\\ b``), an unterminated quote (to the end);
+- sslpassword (the client key's passphrase) like password; PGPASSWORD=x; and the keys as a
+  Python dict or JSON prints them (``'password': 'x'``).
+"""
 
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@/\s]*)(?P<tail>@)", re.I)
-_PASSWORD_KV = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_KEYS = ("password", "sslpassword", "pgpassword")
+_KEY = r"(?:ssl|pg)?password"
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^/\s]*)(?P<tail>@)", re.I)
+_QUERY_PARAM = re.compile(r"(?P<head>[?&](?P<key>[^=&#\s]+)=)(?P<pw>[^&#\s]*)")
+# Not right after ?/&: query values were handled above and end at '&', not at a space.
+_PASSWORD_KV = re.compile(
+    rf"(?<![?&\w%])(?P<head>{_KEY}\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|\Z)|(?:\\.|[^\s\\])+\\?)", re.I | re.S)
+_PASSWORD_IN_MAPPING = re.compile(
+    rf"""(?P<head>(?P<q>['"]){_KEY}(?P=q)\s*:\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|\Z)|"(?:[^"\\]|\\.)*(?:"|\Z))""", re.I | re.S)
+
+
+def _query_param(m: re.Match) -> str:
+    return f"{m['head']}***" if unquote(m["key"]).lower() in _KEYS else m[0]
 
 
 def redact(text: str) -> str:
@@ -15,4 +38,6 @@ def redact(text: str) -> str:
     Used on everything that leaves the process: logs, metadata, exceptions, CLI output.
     """
     text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
-    return _PASSWORD_KV.sub(lambda m: f"{m['head']}***", text)
+    text = _QUERY_PARAM.sub(_query_param, text)
+    text = _PASSWORD_KV.sub(lambda m: f"{m['head']}***", text)
+    return _PASSWORD_IN_MAPPING.sub(lambda m: f"{m['head']}{m['pw'][0]}***{m['pw'][0]}", text)

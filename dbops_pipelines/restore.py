@@ -10,26 +10,21 @@ private temporary file first, and pg_restore starts only then.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import zstandard
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from dbops_pipelines.backup.catalog import find_backup
-from dbops_pipelines.backup.crypto import BackupKey, decrypt_stream, manifest_mac
+from dbops_pipelines.backup.crypto import BackupKey, decrypt_stream
 from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.manifest import BackupManifest
-from dbops_pipelines.backup.snapshot import split_table
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import EncryptionKeyError, IntegrityError, RestoreFailed
-from dbops_pipelines.pgtools import StderrCollector, binary_version, find_binary
+from dbops_pipelines.pgtools import PgProcess, connect, password_to_env, pick_client, private_tempdir
 from dbops_pipelines.storage.base import BackupStore
+from dbops_pipelines.table_selection import TableSelection, parse_selection, select_tables
 
 
 @dataclass(frozen=True)
@@ -71,17 +66,6 @@ def _held_back(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield prev
 
 
-def check_manifest(manifest: BackupManifest, keys: Iterable[BackupKey]) -> None:
-    """The manifest is the record everything else trusts: refuse one that was altered."""
-    key = next(k for k in keys if k.key_id == manifest.key_id)
-    expected = manifest_mac(key, manifest.signed_payload())
-    if not manifest.mac or not hmac.compare_digest(expected, manifest.mac):
-        raise IntegrityError(
-            f"the manifest of backup {manifest.backup_id} (key id {manifest.key_id}) has been altered or is unsigned",
-            "do not trust this backup's record; restore from another backup and check who can write to the store",
-        )
-
-
 def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterable[BackupKey]) -> Iterator[bytes]:
     """The plain pg_dump archive of a backup, authenticated record by record."""
     keys = list(keys)
@@ -92,7 +76,6 @@ def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterabl
             "set the key it was written with (encryption.key_env, or encryption.previous_key_envs after a rotation)",
         )
     label = f"backup {manifest.backup_id} (key id {manifest.key_id})"
-    check_manifest(manifest, keys)
     plain = decrypt_stream(_checked(store.get(manifest.object_key), manifest), keys, label)
     decompressor = zstandard.ZstdDecompressor().decompressobj()
 
@@ -110,17 +93,7 @@ def open_dump_stream(store: BackupStore, manifest: BackupManifest, keys: Iterabl
     return _held_back(decompressed())
 
 
-def table_selection_schema(tables: list[str]) -> str | None:
-    """The one schema of a table selection (None for no selection). pg_restore matches --schema
-    and --table independently, so a.x + b.y would also bring a.y and b.x: refuse mixed schemas."""
-    schemas = sorted({split_table(t)[0] for t in tables})
-    if len(schemas) > 1:
-        raise RestoreFailed(f"selected tables span several schemas ({', '.join(schemas)})",
-                            "restore the tables of one schema at a time")
-    return schemas[0] if schemas else None
-
-
-def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: int, clean: bool, source: str | None,
+def pg_restore_command(pg_restore: str, dsn: str, selection: TableSelection | None, jobs: int, clean: bool, source: str | None,
                        no_privileges: bool = False) -> list[str]:
     cmd = [pg_restore, "--no-password", "--exit-on-error", f"--dbname={dsn}", "--no-owner"]
     if no_privileges:
@@ -128,12 +101,9 @@ def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: i
     cmd.append(f"--jobs={jobs}" if jobs > 1 else "--single-transaction")
     if clean:
         cmd += ["--clean", "--if-exists"]
-    tables = list(tables)
-    schema = table_selection_schema(tables)
-    if schema:
-        cmd.append(f"--schema={schema}")
-    for t in tables:
-        cmd.append(f"--table={split_table(t)[1]}")
+    if selection is not None:
+        # Exact entries, never --schema/--table name matching (table_selection.py says why).
+        cmd.append(f"--use-list={selection.list_path}")
     if source:
         cmd.append(source)
     return cmd
@@ -142,16 +112,24 @@ def pg_restore_command(pg_restore: str, dsn: str, tables: Iterable[str], jobs: i
 def _password_to_env(dsn: str) -> tuple[str, dict]:
     """A password in the destination DSN goes to pg_restore through PGPASSWORD, never on its
     command line, where any local user could read it in the process list."""
-    info = conninfo_to_dict(dsn)
-    password = info.pop("password", None)
-    if password is None:
-        return dsn, dict(os.environ)
-    return make_conninfo("", **info), {**os.environ, "PGPASSWORD": password}
+    return password_to_env(dsn, RestoreFailed)
+
+
+def _pick_pg_restore(manifest: BackupManifest, to_dsn: str, env: dict, pg_bin_dir: str | None) -> str:
+    """pg_restore must read the archive (as new as the pg_dump that wrote it) and speak to the
+    destination (as new as its server): the destination is asked for its version."""
+    password = {"password": env["PGPASSWORD"]} if "PGPASSWORD" in env else {}
+    with connect(to_dsn, "the restore destination", retries=1, error=RestoreFailed, **password) as conn:
+        dest = conn.info.server_version // 10000
+    needs = {f"the destination server (PostgreSQL {dest})": dest}
+    dumped_by = manifest.pg_dump_version or manifest.server_version  # "15.4"
+    needs[f"the archive of backup {manifest.backup_id} (written by pg_dump {dumped_by})"] = int(dumped_by.split(".")[0])
+    return str(pick_client("pg_restore", needs, pg_bin_dir, RestoreFailed)[0])
 
 
 def restore_backup(
     store: BackupStore,
-    backup_id: str,
+    manifest: BackupManifest,
     keys: Iterable[BackupKey],
     to_dsn: str,
     tables: Iterable[str] = (),
@@ -164,13 +142,11 @@ def restore_backup(
     on_warning: Callable[[str], None] | None = None,
 ) -> RestoreResult:
     tables = list(tables)
-    table_selection_schema(tables)  # before anything is read or started
+    parse_selection(tables)  # before anything is read or started
     to_dsn, env = _password_to_env(to_dsn)
-    manifest = find_backup(store, backup_id).manifest
-    server_major = int(manifest.server_version.split(".")[0])
-    pg_restore = str(find_binary("pg_restore", server_major, pg_bin_dir))
-    binary_version(pg_restore)
-    stream = open_dump_stream(store, manifest, keys)
+    backup_id = manifest.backup_id  # an authenticated manifest (catalog.find_backup / list_backups)
+    pg_restore = _pick_pg_restore(manifest, to_dsn, env, pg_bin_dir)
+    stream, selection = select_tables(open_dump_stream(store, manifest, keys), tables, f"backup {backup_id}")
     t0 = time.monotonic()
     warnings: list[str] = []
 
@@ -191,36 +167,32 @@ def restore_backup(
             progress(Progress(total, total, time.monotonic() - t0))
         return total
 
+    # PgProcess stops pg_restore (and its workers) on any exception, Ctrl-C and SIGTERM included:
+    # with one job that aborts its single transaction; with several, nothing more is written.
     if jobs > 1:
-        with tempfile.TemporaryDirectory(prefix="dbops-restore-") as tmp:
-            path = os.path.join(tmp, "dump.pgc")
+        # Inner block first: pg_restore is stopped before the decrypted dump is removed.
+        with private_tempdir("dbops-restore-") as tmp:
+            path = str(tmp / "dump.pgc")
             with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
                 raw = pump(fh.write)
-            proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, path, no_privileges),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-            stderr = StderrCollector(proc.stderr, warn)
-            rc = proc.wait()
+            with PgProcess(pg_restore_command(pg_restore, to_dsn, selection, jobs, clean, path, no_privileges),
+                           env=env, on_line=warn, error=RestoreFailed) as proc:
+                rc = proc.wait()
     else:
-        proc = subprocess.Popen(pg_restore_command(pg_restore, to_dsn, tables, jobs, clean, None, no_privileges),
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        stderr = StderrCollector(proc.stderr, warn)
-        try:
-            raw = pump(proc.stdin.write)
-            proc.stdin.close()
-        except BrokenPipeError:
-            raw = 0  # pg_restore stopped reading: its exit code and stderr say why
-        except BaseException:
-            # Killing pg_restore aborts its single transaction: nothing is committed.
-            proc.kill()
-            proc.wait()
-            raise
-        rc = proc.wait()
+        with PgProcess(pg_restore_command(pg_restore, to_dsn, selection, jobs, clean, None, no_privileges),
+                       env=env, stdin=True, on_line=warn, error=RestoreFailed) as proc:
+            try:
+                raw = pump(proc.stdin.write)
+                proc.stdin.close()
+            except BrokenPipeError:
+                raw = 0  # pg_restore stopped reading: its exit code and stderr say why
+            rc = proc.wait()
     if rc != 0:
+        how = f"was killed by signal {-rc}" if rc < 0 else f"failed (exit {rc})"
         raise RestoreFailed(
-            f"pg_restore of backup {backup_id} into {redact(to_dsn)} failed (exit {rc})"
+            f"pg_restore of backup {manifest.backup_id} into {redact(to_dsn)} {how}"
             + (" and was rolled back" if jobs == 1 else "; the destination may be partly restored")
-            + f". Its last messages:\n{stderr.text() or '(none)'}",
+            + f". Its last messages:\n{proc.messages.text() or '(none)'}",
             "fix the cause (use --clean to replace existing objects) and restore again",
         )
-    stderr.text()
-    return RestoreResult(backup_id, time.monotonic() - t0, raw, tuple(warnings))
+    return RestoreResult(manifest.backup_id, time.monotonic() - t0, raw, tuple(warnings))

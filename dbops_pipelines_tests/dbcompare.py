@@ -27,13 +27,16 @@ def fingerprint(dsn: str) -> dict:
         return schema_fingerprint(conn)
 
 
-def resign(raw_manifest: dict, cfg) -> bytes:
-    """A manifest edited by a test, signed again with the backup key: it simulates a genuine
+def tamper_manifest(cfg, manifest, change) -> None:
+    """Edit a stored manifest's body and seal it again with the backup key: it simulates a genuine
     record that the dump disagrees with (a table missing, a count or a policy that differs)."""
-    from dbops_pipelines import fleet
-    from dbops_pipelines.backup.crypto import manifest_mac
-    from dbops_pipelines.backup.manifest import BackupManifest
+    from dbops_pipelines.backup.manifest import BackupManifest, manifest_key, read_manifest, seal_manifest
+    from dbops_pipelines.context import FleetContext
 
-    manifest = BackupManifest.from_json(json.dumps(raw_manifest).encode())
-    manifest.mac = manifest_mac(fleet.write_key(cfg), manifest.signed_payload())
-    return manifest.to_json()
+    ctx = FleetContext(cfg)
+    key = manifest_key(manifest.target, manifest.backup_id)
+    current = read_manifest(ctx.store.get_bytes(key), ctx.read_keys, manifest.target, manifest.backup_id)
+    raw = json.loads(current.body())
+    change(raw)
+    edited = BackupManifest.from_body(json.dumps(raw).encode())
+    ctx.store.put_bytes(key, seal_manifest(edited, ctx.write_key), overwrite=True)

@@ -103,10 +103,11 @@ def test_failed_check_alerts_although_the_run_succeeded(alerting, http_receiver,
         assert hook["alert"]["severity"] == "critical" and "failed authentication" in hook["alert"]["error_excerpt"]
 
 
-def test_a_sink_that_is_down_does_not_stop_the_others(write_config, http_receiver, sample_app):
+def test_a_sink_that_is_down_does_not_stop_the_others(write_config, http_receiver, sample_app, monkeypatch):
+    monkeypatch.setenv("SLACK_URL", http_receiver.url("/slack"))
     path = write_config({"app": UNREACHABLE}, alerts={"sinks": [
         {"kind": "webhook", "url": closed_port_url("/hook"), "min_severity": "info"},
-        {"kind": "slack", "url": http_receiver.url("/slack"), "min_severity": "info"}]})
+        {"kind": "slack", "url_env": "SLACK_URL", "min_severity": "info"}]})
     defs = build_definitions(path)
     with dg.instance_for_test() as instance:
         defs.resolve_job_def("backup_app").execute_in_process(instance=instance, raise_on_error=False)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from dbops_pipelines.alerts.model import Alert, Notification
 from dbops_pipelines.alerts.sinks import (
@@ -16,6 +19,7 @@ from dbops_pipelines.alerts.sinks import (
     build_sinks,
     deliver,
 )
+from dbops_pipelines.config import AlertSettings, parse_config
 from dbops_pipelines.errors import ConfigError
 from dbops_pipelines_tests.receivers import (  # noqa: F401  (fixtures)
     SMTP_TEST_PASSWORD,
@@ -252,31 +256,51 @@ def test_dsn_passwords_are_redacted_in_every_payload(http_receiver, smtp_receive
         assert "hunter2" not in raw and "postgresql://u:***@h/db" in raw
 
 
-# --- build_sinks -----------------------------------------------------------------------------
+# --- build_sinks: typed settings, each sink on its own -----------------------------------------
 
-def test_build_sinks_from_specs():
+def settings(*specs: dict) -> list:
+    """Sink settings as dbops.yaml's alerts.sinks would give them."""
+    return AlertSettings.model_validate({"sinks": list(specs)}).sinks
+
+
+def test_build_sinks_from_settings():
     env = {"SLACK_URL": "https://hooks.slack.com/services/T0/B0/" + WEBHOOK_TOKEN,
            "HOOK_URL": "https://hooks.example.com/in/" + WEBHOOK_TOKEN, "HOOK_KEY": "HeaderSecret-42",
            "SMTP_PW": SMTP_TEST_PASSWORD, "PD_KEY": ROUTING_KEY}
-    slack, hook, mail, pd = build_sinks([
+    slack, hook, mail, pd = build_sinks(settings(
         {"kind": "slack", "url_env": "SLACK_URL"},
         {"kind": "webhook", "url_env": "HOOK_URL", "headers_env": {"X-Api-Key": "HOOK_KEY"},
-         "min_severity": "info"},
+         "min_severity": "info", "timeout": 3},
         {"kind": "email", "host": "smtp.example.com", "username": "u", "password_env": "SMTP_PW",
-         "sender": "dbops@example.com", "recipients": ["dba@example.com"], "min_severity": "critical"},
+         "sender": "dbops@example.com", "recipients": "dba@example.com", "min_severity": "critical"},
         {"kind": "pagerduty", "routing_key_env": "PD_KEY"},
-    ], environ=env)
+    ), environ=env)
     assert isinstance(slack, SlackSink) and slack.url == env["SLACK_URL"] and slack.min_severity == "warning"
     assert isinstance(hook, WebhookSink) and hook.headers == {"X-Api-Key": "HeaderSecret-42"}
-    assert hook.min_severity == "info"
+    assert hook.min_severity == "info" and hook.timeout == 3
     assert isinstance(mail, EmailSink) and mail.port == 587 and mail.starttls and mail.password == SMTP_TEST_PASSWORD
-    assert isinstance(pd, PagerDutySink) and pd.routing_key == ROUTING_KEY and pd.min_severity == "critical"
+    assert mail.recipients == ["dba@example.com"]
+    # from dbops.yaml every kind defaults to warning, as it always has; PagerDuty included
+    assert isinstance(pd, PagerDutySink) and pd.routing_key == ROUTING_KEY and pd.min_severity == "warning"
     assert pd.url == "https://events.pagerduty.com/v2/enqueue"
     assert [s.name for s in (slack, hook, mail, pd)] == [
         "slack https://hooks.slack.com", "webhook https://hooks.example.com", "email to dba@example.com",
         "pagerduty https://events.pagerduty.com"]
     for s in (slack, hook, mail, pd):
         assert not any(secret in repr(s) for secret in (WEBHOOK_TOKEN, ROUTING_KEY, SMTP_TEST_PASSWORD))
+
+
+def test_unset_variable_fails_that_sink_only_and_the_webhook_still_delivers(http_receiver):
+    # Before: build_sinks raised for the unset variable, the sensor tick failed, nobody was told.
+    sinks = build_sinks(settings(
+        {"kind": "slack", "url_env": "DBOPS_TEST_UNSET_SLACK"},
+        {"kind": "webhook", "url": http_receiver.url("/hook")},
+    ), environ={"OTHER": "secret-value"})
+    slack, hook = deliver([firing()], sinks, **NO_SLEEP)
+    assert hook.ok and len(http_receiver.received("/hook")) == 1
+    assert not slack.ok and slack.attempts == 0 and slack.sink == "slack (alerts.sinks[0])"
+    assert "DBOPS_TEST_UNSET_SLACK" in slack.error and "is not set" in slack.error and "export" in slack.error
+    assert "secret-value" not in slack.error
 
 
 @pytest.mark.parametrize("spec, var", [
@@ -287,20 +311,117 @@ def test_build_sinks_from_specs():
       "recipients": ["c@d"]}, "DBOPS_TEST_NO_PW"),
     ({"kind": "pagerduty", "routing_key_env": "DBOPS_TEST_NO_PD"}, "DBOPS_TEST_NO_PD"),
 ])
-def test_build_sinks_missing_env_var(spec, var):
-    with pytest.raises(ConfigError) as exc:
-        build_sinks([spec], environ={"OTHER": "secret-value"})
-    assert var in str(exc.value) and "secret-value" not in str(exc.value)
-    assert exc.value.hint and "export" in exc.value.hint
+def test_missing_variable_is_a_failed_delivery_naming_it(spec, var):
+    [sink] = build_sinks(settings(spec), environ={"OTHER": "secret-value"})
+    [result] = deliver([firing()], [sink], **NO_SLEEP)
+    assert not result.ok and result.attempts == 0
+    assert var in result.error and "secret-value" not in result.error
 
+
+def test_unbuildable_sink_follows_severity_routing():
+    [sink] = build_sinks(settings({"kind": "pagerduty", "routing_key_env": "DBOPS_TEST_NO_PD",
+                                   "min_severity": "critical"}), environ={})
+    assert deliver([firing("warning")], [sink], **NO_SLEEP) == []   # nothing it would have received
+
+
+def test_malformed_url_in_the_environment_is_reported_without_quoting_it():
+    leaky = "https://hooks.example.com:notaport/services/" + WEBHOOK_TOKEN
+    [sink] = build_sinks(settings({"kind": "slack", "url_env": "SLACK_URL"}), environ={"SLACK_URL": leaky})
+    [result] = deliver([firing()], [sink], **NO_SLEEP)
+    assert not result.ok and "SLACK_URL" in result.error and "http(s) URL" in result.error
+    assert WEBHOOK_TOKEN not in result.error and "notaport" not in result.error
+
+
+def test_missing_ca_file_fails_that_sink_with_the_path(tmp_path):
+    missing = tmp_path / "nope.pem"
+    [sink] = build_sinks(settings({"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"],
+                                   "ca_file": str(missing)}))
+    [result] = deliver([firing()], [sink], **NO_SLEEP)
+    assert not result.ok and str(missing) in result.error and "ca_file" in result.error
+
+
+# --- sink settings: strict, and never a literal secret -----------------------------------------
 
 @pytest.mark.parametrize("spec, needle", [
-    ({"kind": "carrier-pigeon"}, "unknown sink kind"),
+    ({"kind": "carrier-pigeon"}, "does not match any of the expected tags"),
     ({"kind": "slack"}, "url_env"),
+    ({"kind": "slack", "url": "https://hooks.slack.com/services/T0/B0/x"}, "Slack webhook URL"),
     ({"kind": "email", "host": "h", "sender": "a@b"}, "recipients"),
+    ({"kind": "email", "host": "h", "sender": "a@b", "recipients": []}, "recipients"),
+    ({"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "username": "u",
+      "passwrd_env": "PW"}, r"passwrd_env: Extra inputs are not permitted"),
+    ({"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "password_env": "PW"},
+     "without username"),
+    ({"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "port": "587"}, "port"),
+    ({"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "starttls": "no"}, "starttls"),
     ({"kind": "pagerduty"}, "routing_key_env"),
-    ({"kind": "webhook", "url": "https://h.example/x", "min_severity": "loud"}, "severity"),
+    ({"kind": "webhook"}, "exactly one of url"),
+    ({"kind": "webhook", "url": "https://h.example/x", "url_env": "HOOK"}, "exactly one of url"),
+    ({"kind": "webhook", "url": "ftp://h.example/x"}, "http"),
+    ({"kind": "webhook", "url": "https://h.example/x", "min_severity": "loud"}, "min_severity"),
+    ({"kind": "webhook", "url": "https://h.example/x", "timeout": True}, "timeout"),
 ])
-def test_build_sinks_rejects_bad_specs(spec, needle):
-    with pytest.raises(ConfigError, match=needle):
-        build_sinks([spec], environ={})
+def test_bad_sink_settings_are_rejected_with_the_key_path(spec, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        parse_config({"alerts": {"sinks": [spec]}})
+    assert "alerts.sinks.0" in str(err.value)
+
+
+SECRET = "xoxb-Literal-Secret-0451"
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "username": "u",
+      "password": SECRET}, "password"),
+    ({"kind": "pagerduty", "routing_key": SECRET}, "routing_key"),
+    ({"kind": "webhook", "url": "https://h.example/x", "headers": {"Authorization": SECRET}}, "headers"),
+    ({"kind": "slack", "url": f"https://hooks.slack.com/services/{SECRET}"}, "url"),
+    ({"kind": "webhook", "url": f"https://h.example/x?token={SECRET}"}, "url"),
+    ({"kind": "webhook", "url": f"https://user:{SECRET}@h.example/x"}, "url"),
+    # the secret pasted where the variable's name belongs
+    ({"kind": "slack", "url_env": f"https://hooks.slack.com/services/{SECRET}"}, "url_env"),
+    ({"kind": "pagerduty", "routing_key_env": SECRET}, "routing_key_env"),
+    ({"kind": "webhook", "url": "https://h.example/x", "headers_env": {"Authorization": f"Bearer {SECRET}"}},
+     "headers_env"),
+])
+def test_a_literal_secret_in_the_file_is_rejected_and_not_echoed(spec, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        parse_config({"alerts": {"sinks": [spec]}})
+    assert SECRET not in str(err.value) and SECRET not in (err.value.hint or "")
+
+
+# --- the sensor tick ------------------------------------------------------------------------------
+
+def test_sensor_tick_survives_a_misconfigured_sink(write_config, http_receiver):
+    """A target never backed up fires backup_stale and verification_stale: the webhook gets them
+    although the Slack sink before it has no URL in the environment, and the tick records the
+    Slack failures in its cursor (before: the tick raised and nothing was delivered anywhere)."""
+    import dagster as dg
+
+    from dbops_pipelines.config import load_config
+    from dbops_pipelines.defs.alerts import evaluate_alerts
+
+    path = write_config({"app": "postgresql://dbops@127.0.0.1:1/app"}, alerts={"sinks": [
+        {"kind": "slack", "url_env": "DBOPS_TEST_UNSET_SLACK"},
+        {"kind": "webhook", "url": http_receiver.url("/hook")}]})
+    with dg.instance_for_test() as instance:
+        result = evaluate_alerts(dg.build_sensor_context(instance=instance), load_config(path))
+    hooks = {r.body["alert"]["condition"]: r.body["event"] for r in http_receiver.received("/hook")}
+    assert hooks == {"backup_stale": "firing", "verification_stale": "firing"}
+    failures = json.loads(result.cursor)["failed_deliveries"]
+    assert sorted((f["sink"], f["alert"], f["attempts"]) for f in failures) == [
+        ("slack (alerts.sinks[0])", "app/backup_stale", 0), ("slack (alerts.sinks[0])", "app/verification_stale", 0)]
+    assert all("DBOPS_TEST_UNSET_SLACK" in f["error"] for f in failures)
+
+
+def test_the_documented_sinks_are_valid_and_build_from_the_environment():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "alerts.md").read_text()
+    block = re.search(r"## Wiring the sinks.*?```yaml\n(.*?)```", text, re.S)[1]
+    cfg = parse_config(yaml.safe_load(block))
+    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/" + WEBHOOK_TOKEN, "HOOK_AUTH": "Bearer x",
+           "SMTP_PASSWORD": SMTP_TEST_PASSWORD, "PAGERDUTY_ROUTING_KEY": ROUTING_KEY}
+    # the example's private CA file does not exist here
+    specs = [s.model_copy(update={"ca_file": None}) if s.kind == "email" else s for s in cfg.alerts.sinks]
+    sinks = build_sinks(specs, environ=env)
+    assert [type(s) for s in sinks] == [SlackSink, WebhookSink, EmailSink, PagerDutySink]
+    assert [s.min_severity for s in sinks] == ["warning", "info", "critical", "critical"]

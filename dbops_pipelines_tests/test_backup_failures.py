@@ -4,6 +4,7 @@ what to do, no partial object, nothing listed as a valid backup. All on real ser
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -14,7 +15,8 @@ import psycopg
 import pytest
 
 from dbops_pipelines import fleet
-from dbops_pipelines.backup.catalog import list_backups
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.backup.catalog import find_backup, list_backups
 from dbops_pipelines.backup.engine import run_backup
 from dbops_pipelines.config import load_config
 from dbops_pipelines.errors import BackupFailed, ConfigError, EncryptionKeyError, IntegrityError, StorageError
@@ -48,7 +50,6 @@ def kill_pg_dump() -> int:
 
 def assert_nothing_stored(store) -> None:
     assert store.list() == [], [o.key for o in store.list()]
-    assert list_backups(store) == []
 
 
 def test_unreachable_database_fails_after_retries(write_config, tmp_path, monkeypatch):
@@ -75,7 +76,7 @@ def test_malformed_key_is_rejected(write_config, sample_app, monkeypatch):
     cfg = load_config(write_config({"app": sample_app["dsn"]}))
     monkeypatch.setenv(KEY_ENV, "c2hvcnQ=")  # base64 of b"short"
     with pytest.raises(EncryptionKeyError, match="5 bytes, expected 32"):
-        fleet.backup_target(cfg, "app")
+        fleet.backup_target(FleetContext(cfg), "app")
 
 
 def test_pg_dump_killed_mid_stream(write_config, sample_app, backup_key, tmp_path):
@@ -88,11 +89,11 @@ def test_pg_dump_killed_mid_stream(write_config, sample_app, backup_key, tmp_pat
             killed.append(kill_pg_dump())
 
     with pytest.raises(BackupFailed, match="pg_dump of app was killed by signal 9; nothing was stored"):
-        run_backup("app", sample_app["dsn"], store, backup_key, fleet.backup_options(cfg, "app"),
+        run_backup("app", sample_app["dsn"], store, backup_key, fleet.backup_options(FleetContext(cfg), "app"),
                    progress=on_progress, progress_interval=0)
     assert killed == [1]
     assert_nothing_stored(store)
-    assert store.list_partials() == []
+    assert not list(store.root.rglob("*.partial"))
 
 
 def test_s3_unavailable_mid_upload(tmp_path, sample_app, backup_key, write_config, monkeypatch):
@@ -115,12 +116,16 @@ def test_s3_unavailable_mid_upload(tmp_path, sample_app, backup_key, write_confi
                 stopped.append(True)
 
         with pytest.raises(StorageError) as err:
-            run_backup("app", sample_app["dsn"], store, backup_key, fleet.backup_options(cfg, "app"),
+            run_backup("app", sample_app["dsn"], store, backup_key, fleet.backup_options(FleetContext(cfg), "app"),
                        progress=on_progress, progress_interval=0)
         assert "check that the store is reachable" in str(err.value)
         assert "s3-secret-for-this-test" not in str(err.value)
         server.restart()
-        assert_nothing_stored(fleet.fleet_store(cfg))
+        # With the store down the lease could not be removed either; a lease alone is no backup
+        # (listed as "incomplete" after a day, then swept by retention).
+        leftovers = [o.key for o in FleetContext(cfg).store.list()]
+        assert all(k.endswith("/writing.lease") for k in leftovers), leftovers
+        assert all(e.state in ("writing", "incomplete") for e in list_backups(FleetContext(cfg).store, FleetContext(cfg).read_keys))
     finally:
         server.stop()
 
@@ -159,7 +164,7 @@ def test_password_in_config_dsn_is_rejected_without_echoing_it(tmp_path):
 @pytest.fixture
 def stored_backup(write_config, sample_app):
     cfg = load_config(write_config({"app": sample_app["dsn"]}))
-    manifest = fleet.backup_target(cfg, "app")
+    manifest = fleet.backup_target(FleetContext(cfg), "app")
     return cfg, manifest, Path(manifest.location.removeprefix("file://"))
 
 
@@ -184,7 +189,7 @@ def test_damaged_object_restores_nothing(stored_backup, damage, pg_cluster, fres
         del data[last:]
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError) as err:
-        restore_backup(fleet.fleet_store(cfg), manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
+        restore_backup(FleetContext(cfg).store, manifest, FleetContext(cfg).read_keys, pg_cluster.dsn(fresh_db))
     assert manifest.backup_id in str(err.value)
     assert _tables_in(pg_cluster, fresh_db) == 0  # the single transaction was rolled back
     result = dbops("check", manifest.backup_id)
@@ -206,9 +211,9 @@ def test_rotated_key_still_reads_old_backups(stored_backup, write_config, sample
     monkeypatch.setenv("OLD_KEY", os.environ[KEY_ENV])
     monkeypatch.setenv(KEY_ENV, "B" * 43 + "=")
     cfg = load_config(write_config({"app": sample_app["dsn"]}, encryption={"key_env": KEY_ENV, "previous_key_envs": ["OLD_KEY"]}))
-    restore_backup(fleet.fleet_store(cfg), manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
+    restore_backup(FleetContext(cfg).store, manifest, FleetContext(cfg).read_keys, pg_cluster.dsn(fresh_db))
     assert _tables_in(pg_cluster, fresh_db) == len(manifest.table_rows)
-    newer = fleet.backup_target(cfg, "app")
+    newer = fleet.backup_target(FleetContext(cfg), "app")
     assert newer.key_id != manifest.key_id
 
 
@@ -216,7 +221,7 @@ def test_restore_into_non_empty_database_fails_and_rolls_back(stored_backup, pg_
     cfg, manifest, _ = stored_backup
     pg_cluster.execute("CREATE TABLE vendors (id int)", dbname=fresh_db)
     with pytest.raises(Exception) as err:
-        restore_backup(fleet.fleet_store(cfg), manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
+        restore_backup(FleetContext(cfg).store, manifest, FleetContext(cfg).read_keys, pg_cluster.dsn(fresh_db))
     assert "rolled back" in str(err.value) and "--clean" in str(err.value)
     assert _tables_in(pg_cluster, fresh_db) == 1
 
@@ -237,13 +242,16 @@ def test_backup_role_without_bypassrls_gets_the_real_reason(write_config, sample
 
 
 def test_restore_selection_and_password_handling_without_running_anything():
-    from dbops_pipelines.errors import RestoreFailed
     from dbops_pipelines.restore import _password_to_env, pg_restore_command
+    from dbops_pipelines.table_selection import TableSelection
 
-    with pytest.raises(RestoreFailed, match="several schemas"):
-        pg_restore_command("pg_restore", "d", ["a.x", "b.y"], 1, False, None)
-    cmd = pg_restore_command("pg_restore", "d", ["sales.x", "sales.y"], 1, False, None)
-    assert cmd.count("--schema=sales") == 1 and "--table=x" in cmd and "--single-transaction" in cmd
+    # A table selection is an exact list of archive entries (test_identifiers.py), never name patterns.
+    selection = TableSelection([7, 3])
+    cmd = pg_restore_command("pg_restore", "d", selection, 1, False, None)
+    assert f"--use-list={selection.list_path}" in cmd and "--single-transaction" in cmd
+    assert not [a for a in cmd if a.startswith(("--schema", "--table"))]
+    with open(selection.list_path) as fh:
+        assert fh.read() == "7\n3\n"
     dsn, env = _password_to_env("postgresql://u:s3cret@h:5432/db")
     assert "s3cret" not in dsn and env["PGPASSWORD"] == "s3cret"
 
@@ -254,12 +262,14 @@ def test_altered_manifest_is_refused(stored_backup, pg_cluster, fresh_db):
     from dbops_pipelines.backup.manifest import manifest_key
 
     cfg, manifest, _ = stored_backup
-    store = fleet.fleet_store(cfg)
-    raw = _json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
-    raw["table_rows"]["public.users"] += 1  # someone "fixes" a count in the store
-    store.put_bytes(manifest_key("app", manifest.backup_id), _json.dumps(raw).encode())
-    with pytest.raises(IntegrityError, match=f"the manifest of backup {manifest.backup_id} .* has been altered"):
-        restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), pg_cluster.dsn(fresh_db))
+    store = FleetContext(cfg).store
+    path = manifest_key("app", manifest.backup_id)
+    stored = store.get_bytes(path)
+    # someone "fixes" a count in the store
+    store.put_bytes(path, re.sub(rb'("public.users": )(\d+)', lambda m: m[1] + str(int(m[2]) + 1).encode(), stored), overwrite=True)
+    assert store.get_bytes(path) != stored
+    with pytest.raises(IntegrityError, match=f"the manifest of backup {manifest.backup_id} has been altered"):
+        find_backup(store, FleetContext(cfg).read_keys, manifest.backup_id)
     assert _tables_in(pg_cluster, fresh_db) == 0
     result = dbops("check", manifest.backup_id)
     assert result.returncode == 1 and "has been altered" in result.stderr

@@ -8,8 +8,8 @@ import json
 import dagster as dg
 
 from dbops_pipelines import fleet
-from dbops_pipelines.backup.manifest import manifest_key
-from dbops_pipelines_tests.dbcompare import resign
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines_tests.dbcompare import tamper_manifest
 from dbops_pipelines.config import load_config
 from dbops_pipelines.defs.backups import backup_asset_key
 from dbops_pipelines.definitions import build_definitions
@@ -18,8 +18,8 @@ from dbops_pipelines.definitions import build_definitions
 def test_verify_job_with_launchpad_config(write_config, sample_app):
     path = write_config({"app": sample_app["dsn"]})
     cfg = load_config(path)
-    older = fleet.backup_target(cfg, "app")
-    fleet.backup_target(cfg, "app")
+    older = fleet.backup_target(FleetContext(cfg), "app")
+    fleet.backup_target(FleetContext(cfg), "app")
     defs = build_definitions(path)
     run_config = {"ops": {"backup__app_restore_verification": {"config": {"backup_id": older.backup_id}}}}
     with dg.instance_for_test() as instance:
@@ -38,11 +38,8 @@ def test_verify_job_with_launchpad_config(write_config, sample_app):
 def test_failed_verification_fails_the_check(write_config, sample_app):
     path = write_config({"app": sample_app["dsn"]})
     cfg = load_config(path)
-    manifest = fleet.backup_target(cfg, "app")
-    store = fleet.fleet_store(cfg)
-    raw = json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
-    raw["table_rows"]["public.tenants"] += 7
-    store.put_bytes(manifest_key("app", manifest.backup_id), resign(raw, cfg))
+    manifest = fleet.backup_target(FleetContext(cfg), "app")
+    tamper_manifest(cfg, manifest, lambda raw: raw["table_rows"].__setitem__("public.tenants", raw["table_rows"]["public.tenants"] + 7))
     defs = build_definitions(path)
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def("verify_app").execute_in_process(instance=instance)

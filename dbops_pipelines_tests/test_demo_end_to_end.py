@@ -29,7 +29,8 @@ def test_demo_serves_ui_runs_a_backup_and_stops_on_ctrl_c(tmp_path):
 
         location = location_name(url)
         assert wait_for_run(url, launch_job(url, "backup_app")) == "SUCCESS"
-        assert any((tmp_path / "demo" / "backups" / "app").glob("*/manifest.json"))
+        # the store root, then its backup namespace
+        assert any((tmp_path / "demo" / "backups" / "backups" / "app").glob("*/manifest.json"))
         schedules = graphql(url, """{ repositoryOrError(repositorySelector: {repositoryLocationName: "%s",
             repositoryName: "__repository__"}) { ... on Repository { schedules { name scheduleState { status } } } } }""" % location)
         assert {"name": "backup_app_schedule", "scheduleState": {"status": "RUNNING"}} in schedules["repositoryOrError"]["schedules"]

@@ -190,10 +190,10 @@ def test_min_age_boundary_is_exclusive():
     just_under = rec(NOW - timedelta(days=30) + timedelta(seconds=1), valid=False, backup_id="under")
     plan = plan_retention([exactly, just_under], RetentionPolicy(), NOW)
     assert not by_id(plan)["exactly"].keep
-    assert by_id(plan)["exactly"].reasons == ("invalid (no manifest) and older than 30 days",)
+    assert by_id(plan)["exactly"].reasons == ("incomplete (no manifest, no writer) and older than 30 days",)
     assert by_id(plan)["under"].keep
     no_min_age = plan_retention([exactly], RetentionPolicy(min_age_days=0), NOW)
-    assert no_min_age.to_delete[0].reasons == ("invalid (no manifest)",)
+    assert no_min_age.to_delete[0].reasons == ("incomplete (no manifest, no writer)",)
 
 
 def test_newest_valid_kept_even_when_five_years_old():
@@ -227,7 +227,7 @@ def test_invalid_leftovers_never_fill_gfs_slots():
     assert d["ok"].keep and "daily 2026-09-01" in d["ok"].reasons
     for bid in ("failed-same-day", "failed-alone"):
         assert not d[bid].keep
-        assert d[bid].reasons == ("invalid (no manifest) and older than 30 days",)
+        assert d[bid].reasons == ("incomplete (no manifest, no writer) and older than 30 days",)
 
 
 def test_in_progress_backup_is_young_and_kept():
@@ -417,10 +417,10 @@ def test_randomized_invariants():
 def test_partial_backups_never_fill_slots_nor_count_as_newest():
     now = datetime(2026, 11, 24, tzinfo=timezone.utc)
     full_old = BackupRecord("full-old", "app", now - timedelta(days=400), True)
-    schema_new = BackupRecord("schema-new", "app", now - timedelta(days=40), True, full=False)
-    schema_young = BackupRecord("schema-young", "app", now - timedelta(days=2), True, full=False)
+    schema_new = BackupRecord("schema-new", "app", now - timedelta(days=40), True, kind="schema")
+    schema_young = BackupRecord("schema-young", "app", now - timedelta(days=2), True, kind="schema")
     plan = plan_retention([full_old, schema_new, schema_young], RetentionPolicy(), now)
     by_id = {d.backup_id: d for d in plan.decisions}
     assert by_id["full-old"].keep and "newest valid backup" in by_id["full-old"].reasons
-    assert not by_id["schema-new"].keep and by_id["schema-new"].reasons == ("partial backup older than 30 days",)
+    assert not by_id["schema-new"].keep and by_id["schema-new"].reasons == ("partial (schema) backup older than 30 days",)
     assert by_id["schema-young"].keep

@@ -67,3 +67,108 @@ def test_wrong_credentials_explain_what_to_do(seaweed, s3_bucket):
     with pytest.raises(StorageError) as err:
         store.put_bytes("x", b"data")
     assert "credentials" in str(err.value) and "wrong-secret-value" not in str(err.value)
+
+
+# --- create-only writes, stat, listing scope, leftovers (issue 7) -----------------------------
+
+from datetime import timedelta  # noqa: E402
+
+from dbops_pipelines.errors import ObjectExists  # noqa: E402
+from dbops_pipelines.storage import s3 as s3_module  # noqa: E402
+from dbops_pipelines.storage.local import LocalStore  # noqa: E402
+
+
+@pytest.mark.parametrize("size", [10, 9 * MIB])  # single request and multipart
+def test_writes_are_create_only_unless_asked(store, size):
+    first, second = os.urandom(size), os.urandom(size)
+    store.put("wal/c1/000000010000000000000001", chunks(first))
+    with pytest.raises(ObjectExists, match="already exists"):
+        store.put("wal/c1/000000010000000000000001", chunks(second))
+    assert b"".join(store.get("wal/c1/000000010000000000000001")) == first  # never overwritten
+    store.put_bytes("lease", b"1")
+    store.put_bytes("lease", b"2", overwrite=True)
+    assert store.get_bytes("lease") == b"2"
+    info = store.stat("wal/c1/000000010000000000000001")
+    assert info is not None and info.size == size and store.stat("nope") is None
+
+
+def test_small_objects_go_in_one_request(seaweed, s3_bucket):
+    store = S3Store(s3_bucket, "", endpoint_url=seaweed.endpoint_url, client=seaweed.s3_client())
+    store.put_bytes("small", b"x" * 1000)
+    head = seaweed.s3_client().head_object(Bucket=s3_bucket, Key="small")
+    assert "-" not in head["ETag"].strip('"')  # a multipart ETag ends in -<parts>
+
+
+def test_local_list_walks_only_the_prefix_folder(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("backups/app/x/manifest.json", b"{}")
+    store.put_bytes("wal/c1/seg", b"x")
+    visited = []
+    real_walk = os.walk
+
+    def counting_walk(top, *a, **kw):
+        visited.append(str(top))
+        return real_walk(top, *a, **kw)
+
+    os.walk = counting_walk
+    try:
+        assert [o.key for o in store.list("backups/app/")] == ["backups/app/x/manifest.json"]
+    finally:
+        os.walk = real_walk
+    assert visited == [str(tmp_path / "store" / "backups" / "app")]
+
+
+def test_failed_multipart_upload_is_aborted(seaweed, s3_bucket):
+    """Fails if the abort in S3Store._put is removed: the upload would stay listed."""
+    client = seaweed.s3_client()
+    store = S3Store(s3_bucket, "p", endpoint_url=seaweed.endpoint_url, client=client)
+
+    def broken():
+        yield os.urandom(9 * MIB)
+        yield os.urandom(9 * MIB)
+        raise RuntimeError("producer died")
+
+    with pytest.raises(RuntimeError, match="producer died"):
+        store.put("backups/app/x/dump", broken())
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert store.list() == []
+
+
+def test_part_limit_is_refused_before_the_excess_part(seaweed, s3_bucket, monkeypatch):
+    monkeypatch.setattr(s3_module, "PART_LIMIT", 2)
+    client = seaweed.s3_client()
+    store = S3Store(s3_bucket, "", endpoint_url=seaweed.endpoint_url, client=client)
+    sent = []
+    real_upload = client.upload_part
+    monkeypatch.setattr(client, "upload_part", lambda **kw: sent.append(kw["PartNumber"]) or real_upload(**kw))
+    with pytest.raises(StorageError, match="more than 2 parts"):
+        store.put("big", chunks(os.urandom(20 * MIB)), size_hint=1)
+    assert sorted(sent) == [1, 2] and store.list() == []
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_s3_sweep_touches_only_its_own_prefix(seaweed, s3_bucket):
+    client = seaweed.s3_client()
+    store = S3Store(s3_bucket, "", endpoint_url=seaweed.endpoint_url, client=client)
+    mine = client.create_multipart_upload(Bucket=s3_bucket, Key="backups/app/x/dump.pgc.zst.aes")["UploadId"]
+    theirs = client.create_multipart_upload(Bucket=s3_bucket, Key="colleague/big-upload")["UploadId"]
+    wal = client.create_multipart_upload(Bucket=s3_bucket, Key="wal/c1/seg")["UploadId"]
+    with pytest.raises(StorageError, match="without a namespace prefix"):
+        store.sweep_leftovers("", timedelta(0))
+    assert store.sweep_leftovers("backups/", timedelta(0)) == ["backups/app/x/dump.pgc.zst.aes"]
+    left = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])}
+    assert left == {theirs, wal} and mine not in left
+
+
+def test_local_sweep_removes_old_partials_under_its_prefix_only(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    mine = tmp_path / "store" / "backups" / "app" / "x" / "dump.pgc.zst.aes.1a2b3c4d.partial"
+    theirs = tmp_path / "store" / "wal" / "c1" / "seg.1a2b3c4d.partial"
+    for p in (mine, theirs):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"half")
+    assert store.sweep_leftovers("backups/", timedelta(hours=1)) == []  # too young
+    os.utime(mine, (1, 1))
+    os.utime(theirs, (1, 1))
+    assert store.sweep_leftovers("backups/", timedelta(hours=1)) == ["backups/app/x/dump.pgc.zst.aes.1a2b3c4d.partial"]
+    assert not mine.exists() and theirs.exists()

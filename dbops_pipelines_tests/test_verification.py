@@ -5,6 +5,7 @@ dropped; the evidence is kept."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,12 @@ from pathlib import Path
 import pytest
 
 from dbops_pipelines import fleet
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.errors import VerificationNotRun
+from dbops_pipelines.inventory import inventory
 from dbops_pipelines.backup.catalog import list_backups
 from dbops_pipelines.backup.manifest import manifest_key
-from dbops_pipelines_tests.dbcompare import resign
+from dbops_pipelines_tests.dbcompare import tamper_manifest
 from dbops_pipelines.config import load_config
 from dbops_pipelines.verification.report import latest_reports
 from dbops_pipelines.verification.runner import verify_backup
@@ -35,14 +39,7 @@ def backed_up(write_config, sample_app):
               {"name": "newest requisition near the backup",
                "sql": "SELECT max(created_at) <= %(backup_started_at)s FROM requisitions", "expect": True}]
     cfg = load_config(write_config({"app": {"dsn": sample_app["dsn"], "verification": {"sanity_checks": checks}}}))
-    return cfg, fleet.backup_target(cfg, "app")
-
-
-def tamper_manifest(cfg, manifest, change) -> None:
-    store = fleet.fleet_store(cfg)
-    raw = json.loads(store.get_bytes(manifest_key("app", manifest.backup_id)))
-    change(raw)
-    store.put_bytes(manifest_key("app", manifest.backup_id), resign(raw, cfg))
+    return cfg, fleet.backup_target(FleetContext(cfg), "app")
 
 
 def damage_object(manifest, how: str) -> None:
@@ -57,7 +54,7 @@ def damage_object(manifest, how: str) -> None:
 
 def test_good_backup_verifies_and_evidence_is_kept(backed_up, pg_cluster, sample_app):
     cfg, manifest = backed_up
-    report = verify_backup(cfg, "app", run_id="run-1")
+    report = verify_backup(FleetContext(cfg), "app", run_id="run-1")
     assert report.passed and report.outcome == "passed", report.summary()
     assert {t.table: (t.expected_rows, t.actual_rows) for t in report.tables} == {t: (n, n) for t, n in sample_app["counts"].items()}
     assert all(t.checksum == "match" for t in report.tables)
@@ -65,10 +62,10 @@ def test_good_backup_verifies_and_evidence_is_kept(backed_up, pg_cluster, sample
     assert 0 < report.rto_seconds < report.rto_objective_seconds
     assert scratch_databases(pg_cluster) == []
 
-    store = fleet.fleet_store(cfg)
-    kept = latest_reports(store, "app")[manifest.backup_id]
+    store = FleetContext(cfg).store
+    kept = latest_reports(store, FleetContext(cfg).read_keys, "app")[manifest.backup_id]
     assert kept.run_id == "run-1" and kept.passed
-    [entry] = list_backups(store, "app")  # the report is not mistaken for a backup
+    [entry] = inventory(FleetContext(cfg), "app")  # the report is not mistaken for a backup
     assert entry.verified and entry.to_dict()["verification"]["outcome"] == "passed"
     listed = dbops("backups", "list", "--json")
     assert json.loads(listed.stdout)[0]["verification"]["passed"] is True
@@ -90,21 +87,24 @@ def test_cli_verify_exit_codes_and_json(backed_up):
 def test_damaged_object_fails_verification(backed_up, pg_cluster, how, finding):
     cfg, manifest = backed_up
     damage_object(manifest, how)
-    report = verify_backup(cfg, "app")
+    report = verify_backup(FleetContext(cfg), "app")
     assert not report.passed
     [f] = report.findings
     assert f.kind == "integrity" and finding in f.message and manifest.backup_id in f.message
     assert manifest.backup_id in report.summary() and finding in report.summary()
     assert scratch_databases(pg_cluster) == []
-    assert latest_reports(fleet.fleet_store(cfg), "app")[manifest.backup_id].outcome == "failed"
+    assert latest_reports(FleetContext(cfg).store, FleetContext(cfg).read_keys, "app")[manifest.backup_id].outcome == "failed"
 
 
-def test_wrong_key_fails_verification_naming_key_id(backed_up, monkeypatch):
+def test_wrong_key_refuses_and_records_nothing(backed_up, monkeypatch):
+    """An operator's wrong key is not evidence against a good backup."""
     cfg, manifest = backed_up
+    right = os.environ[KEY_ENV]
     monkeypatch.setenv(KEY_ENV, "C" * 43 + "=")
-    report = verify_backup(cfg, "app")
-    assert not report.passed
-    assert manifest.key_id in report.summary() and manifest.backup_id in report.summary()
+    with pytest.raises(VerificationNotRun, match=f"key id {manifest.key_id}"):
+        verify_backup(FleetContext(cfg), "app")
+    monkeypatch.setenv(KEY_ENV, right)
+    assert latest_reports(FleetContext(cfg).store, FleetContext(cfg).read_keys, "app") == {}
 
 
 def test_table_missing_from_dump(backed_up):
@@ -112,7 +112,7 @@ def test_table_missing_from_dump(backed_up):
     # by a manifest that names one more table than the dump holds.
     cfg, manifest = backed_up
     tamper_manifest(cfg, manifest, lambda m: m["table_rows"].update({"public.invoices": 42}))
-    report = verify_backup(cfg, "app")
+    report = verify_backup(FleetContext(cfg), "app")
     assert not report.passed
     assert [f.message for f in report.findings if f.kind == "missing_table"] == [
         "table public.invoices is missing from the restored copy"]
@@ -121,7 +121,7 @@ def test_table_missing_from_dump(backed_up):
 def test_row_count_difference(backed_up):
     cfg, manifest = backed_up
     tamper_manifest(cfg, manifest, lambda m: m["table_rows"].update({"public.users": 5}))
-    report = verify_backup(cfg, "app")
+    report = verify_backup(FleetContext(cfg), "app")
     [f] = report.findings
     assert (f.kind, f.object, f.expected, f.actual) == ("row_count", "public.users", 5, manifest.table_rows["public.users"])
 
@@ -135,7 +135,7 @@ def test_dropped_rls_policy_and_rls_flag(backed_up):
         m["schema_fingerprint"]["tables"]["public.vendors"] = "r rls forced"
 
     tamper_manifest(cfg, manifest, source_had_more)
-    report = verify_backup(cfg, "app")
+    report = verify_backup(FleetContext(cfg), "app")
     messages = [f.message for f in report.findings]
     assert not report.passed
     assert "RLS policy public.vendors.vendor_isolation is missing from the restored copy" in messages
@@ -146,8 +146,8 @@ def test_failing_and_broken_sanity_queries(write_config, sample_app):
     checks = [{"name": "impossible", "sql": "SELECT count(*) FROM users", "expect": "> 1000000"},
               {"name": "broken", "sql": "SELECT nope FROM users", "expect": True}]
     cfg = load_config(write_config({"app": {"dsn": sample_app["dsn"], "verification": {"sanity_checks": checks}}}))
-    fleet.backup_target(cfg, "app")
-    report = verify_backup(cfg, "app")
+    fleet.backup_target(FleetContext(cfg), "app")
+    report = verify_backup(FleetContext(cfg), "app")
     assert not report.passed
     by_name = {s["name"]: s for s in report.sanity}
     assert by_name["impossible"]["value"] == sample_app["counts"]["public.users"] and not by_name["impossible"]["passed"]
@@ -168,10 +168,10 @@ def test_stale_scratch_databases_are_swept_and_cancellation_drops_scratch(backed
                 raise KeyboardInterrupt  # what a terminated run raises in the step
 
         with pytest.raises(KeyboardInterrupt):
-            verify_backup(cfg, "app", log=cancel_mid_way)
+            verify_backup(FleetContext(cfg), "app", log=cancel_mid_way)
         assert "dropped stale scratch database dbops_verify_app_20200101000000 left by an earlier run" in logs
         assert scratch_databases(pg_cluster) == ["dbops_verify_other_20200101000000"]
-        assert latest_reports(fleet.fleet_store(cfg), "app") == {}  # nothing concluded, nothing recorded
+        assert latest_reports(FleetContext(cfg).store, FleetContext(cfg).read_keys, "app") == {}  # nothing concluded, nothing recorded
     finally:
         pg_cluster.drop_database("dbops_verify_other_20200101000000")
 
@@ -184,10 +184,10 @@ def test_verification_on_a_separate_server(backed_up, tmp_path, sample_app, writ
     # A production role the staging server does not have: its GRANTs must not break verification.
     pg_cluster.execute("DO $$ BEGIN CREATE ROLE prod_only_role; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
     pg_cluster.execute("GRANT SELECT ON public.vendors TO prod_only_role", dbname="app")
-    fleet.backup_target(load_config(write_config({"app": sample_app["dsn"]})), "app")
+    fleet.backup_target(FleetContext(load_config(write_config({"app": sample_app["dsn"]}))), "app")
     try:
         cfg = load_config(write_config({"app": {"dsn": sample_app["dsn"], "verification": {"server_dsn": staging.dsn()}}}))
-        report = verify_backup(cfg, "app")
+        report = verify_backup(FleetContext(cfg), "app")
         assert report.passed and report.server == f"127.0.0.1:{staging.port}"
     finally:
         staging.stop()

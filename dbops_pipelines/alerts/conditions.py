@@ -21,6 +21,8 @@ WHAT_TO_DO = {
     "check_failed": "Open the check's latest evaluation; its findings name the backup and what differs. Do not rely on that backup until a fresh one verifies.",
     "backup_stale": "No valid backup within the RPO: check that the schedule is running, the daemon is up and the last runs succeeded; launch the backup job now.",
     "verification_stale": "No passing restore verification recently: check the verify schedule and launch the verify job now.",
+    "store_unreadable": "The alert sensor cannot read this target's backups in the store, so it cannot tell whether they are fresh: "
+                        "check the store's reachability and that the code location's environment has the backup key.",
 }
 
 
@@ -130,4 +132,21 @@ def staleness_observations(targets: list[Freshness], now: datetime) -> list[Obse
                 message=f"The newest {what} of {f.target} is from {_age(last, now)}; the limit is {hours:g} h. {WHAT_TO_DO[condition]}",
                 occurred_at=now.isoformat(),
             )))
+    return out
+
+
+def unreadable_observations(problems: dict[str, str | None], now: datetime) -> list[Observation]:
+    """A target whose backups could not be read (``problems[target]`` is the reason) cannot be
+    judged fresh or stale: that is an alert of its own, never a silent pass or a false "never"."""
+    out = []
+    for target, problem in sorted(problems.items()):
+        key = f"{target}/store_unreadable"
+        if problem is None:
+            out.append(Observation(key, False))
+            continue
+        out.append(Observation(key, True, Alert(
+            key=key, target=target, condition="store_unreadable", severity="critical",
+            title="backups cannot be read to judge their freshness",
+            message=f"{excerpt(problem)} {WHAT_TO_DO['store_unreadable']}", occurred_at=now.isoformat(),
+        )))
     return out

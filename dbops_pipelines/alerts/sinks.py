@@ -3,6 +3,8 @@
 Every sink has the same small interface (``accepts`` for severity routing, ``send`` for one
 attempt that raises on failure); ``deliver`` fans notifications out with retries and turns
 every failure into a ``DeliveryResult`` so that one sink being down never stops the others.
+``build_sinks`` makes sinks from the typed settings of dbops.yaml (config_sinks.py), each on
+its own, so that one misconfigured sink (its variable unset) does not stop the others either.
 Nothing secret (webhook tokens, routing keys, SMTP passwords, DSN passwords) may leave through
 a sink's name, a payload or a delivery error.
 """
@@ -21,8 +23,10 @@ from urllib.parse import urlsplit
 import requests
 
 from dbops_pipelines.alerts.model import SEVERITIES, Alert, DeliveryResult, Notification, severity_rank
-from dbops_pipelines.redact import redact
+from dbops_pipelines.config_sinks import (EmailSinkSettings, PagerDutySinkSettings, SinkSettings, SlackSinkSettings,
+                                          WebhookSinkSettings)
 from dbops_pipelines.errors import ConfigError
+from dbops_pipelines.redact import redact
 
 _MAX_ERROR = 300
 
@@ -179,6 +183,22 @@ class PagerDutySink(_HttpSink):
         self._post(event)
 
 
+class UnavailableSink(Sink):
+    """Stands in for a configured sink that could not be built: every notification routed to it
+    is reported as a failed delivery with ``reason``, without retries (nothing would change)."""
+
+    def __init__(self, name: str, min_severity: str, reason: str):
+        super().__init__(name, min_severity)
+        self.reason = reason
+
+    def send(self, n: Notification) -> None:
+        raise ConfigError(self.reason)
+
+
+def _clip(error: str) -> str:
+    return error if len(error) <= _MAX_ERROR else error[:_MAX_ERROR - 3] + "..."
+
+
 def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int = 3, backoff: float = 0.5,
             sleep=time.sleep) -> list[DeliveryResult]:
     """Send every notification to every sink that accepts it; never raises for a failing sink."""
@@ -187,6 +207,10 @@ def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int 
         for sink in sinks:
             if not sink.accepts(n):
                 continue
+            if isinstance(sink, UnavailableSink):
+                results.append(DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
+                                              ok=False, attempts=0, error=_clip(sink.scrub(sink.reason))))
+                continue
             error, tries = None, 0
             for tries in range(1, max(1, attempts) + 1):
                 try:
@@ -194,9 +218,7 @@ def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int 
                     error = None
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure of one sink is reported, not raised
-                    error = sink.scrub(f"{type(exc).__name__}: {exc}")
-                    if len(error) > _MAX_ERROR:
-                        error = error[:_MAX_ERROR - 3] + "..."
+                    error = _clip(sink.scrub(f"{type(exc).__name__}: {exc}"))
                     if tries < attempts:
                         sleep(backoff * 2 ** (tries - 1))
             results.append(DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
@@ -204,57 +226,72 @@ def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int 
     return results
 
 
-def _env(environ, var: str, where: str) -> str:
+def _env(environ, var: str, what: str) -> str:
     value = environ.get(var)
     if not value:
-        raise ConfigError(f"{where}: environment variable {var} is not set",
-                          f"export {var} in the environment of the Dagster code location and daemon, "
-                          "or remove/fix that sink in the alerts section of dbops.yaml")
+        raise ConfigError(f"environment variable {var} ({what}) is not set",
+                          f"export {var} in the environment of the Dagster daemon (which runs the sensor) "
+                          "and the code location, or fix that sink in the alerts section of dbops.yaml")
     return value
 
 
-def _require(spec: dict, key: str, where: str):
-    if spec.get(key) in (None, "", []):
-        raise ConfigError(f"{where}: `{key}` is required", f"add `{key}` to that sink in dbops.yaml")
-    return spec[key]
+def _env_url(environ, var: str, what: str) -> str:
+    """A URL from the environment, checked here because its text is a secret: no error quotes it."""
+    url = _env(environ, var, what)
+    try:
+        parts = urlsplit(url)
+        parts.port   # raises ValueError for a port that is not a number, with the URL in its text
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"environment variable {var} ({what}) does not hold an http(s) URL",
+                          f"set {var} to the full URL, e.g. https://hooks.example.com/...")
+    return url
 
 
-def build_sinks(specs: list[dict], environ=os.environ) -> list[Sink]:
-    """Sinks from plain dicts (see the module docs); secrets only come from *_env variables."""
+def _tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    if not ca_file:
+        return None
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ca_file {ca_file} cannot be used: {exc.strerror or type(exc).__name__}",
+                          "point ca_file at a readable PEM file with the CA certificate") from None
+
+
+def build_sink(spec: SinkSettings, environ=os.environ) -> Sink:
+    """One sink from its validated settings, reading its secrets from ``environ``; raises
+    ConfigError when a variable is missing."""
+    common = {"min_severity": spec.min_severity, "timeout": spec.timeout}
+    if isinstance(spec, SlackSinkSettings):
+        return SlackSink(_env_url(environ, spec.url_env, "the Slack webhook URL"), **common)
+    if isinstance(spec, WebhookSinkSettings):
+        url = _env_url(environ, spec.url_env, "the webhook URL") if spec.url_env else spec.url
+        headers = {h: _env(environ, var, f"header {h}") for h, var in spec.headers_env.items()}
+        return WebhookSink(url, headers=headers, **common)
+    if isinstance(spec, EmailSinkSettings):
+        password = _env(environ, spec.password_env, "the SMTP password") if spec.password_env else None
+        return EmailSink(spec.host, spec.port, spec.sender, spec.recipients, username=spec.username,
+                         password=password, starttls=spec.starttls,
+                         ssl_context=_tls_context(spec.ca_file),
+                         **common)
+    if isinstance(spec, PagerDutySinkSettings):
+        return PagerDutySink(_env(environ, spec.routing_key_env, "the PagerDuty routing key"), url=spec.url, **common)
+    raise ConfigError(f"unknown alert sink settings {type(spec).__name__}", "use slack, webhook, email or pagerduty")
+
+
+def build_sinks(specs: list[SinkSettings], environ=os.environ) -> list[Sink]:
+    """Every configured sink, each built on its own: one that cannot be built (a variable unset, a
+    CA file missing) becomes an UnavailableSink, reported by ``deliver``, and the others still work."""
     sinks: list[Sink] = []
     for i, spec in enumerate(specs or []):
-        kind = spec.get("kind")
-        where = f"alert sink #{i + 1} ({kind})"
-        common = {"timeout": spec["timeout"]} if spec.get("timeout") else {}
-        if spec.get("min_severity"):
-            common["min_severity"] = spec["min_severity"]
-        if kind in ("webhook", "slack"):
-            if spec.get("url_env"):
-                url = _env(environ, spec["url_env"], where)
-            elif spec.get("url"):
-                url = spec["url"]
-            else:
-                raise ConfigError(f"{where}: needs `url_env` (or `url`)",
-                                  "name the environment variable holding the webhook URL in `url_env`")
-            if kind == "slack":
-                sinks.append(SlackSink(url, **common))
-            else:
-                headers = {h: _env(environ, var, where) for h, var in (spec.get("headers_env") or {}).items()}
-                sinks.append(WebhookSink(url, headers=headers, **common))
-        elif kind == "email":
-            recipients = _require(spec, "recipients", where)
-            password = _env(environ, spec["password_env"], where) if spec.get("password_env") else None
-            sinks.append(EmailSink(_require(spec, "host", where), int(spec.get("port") or 587),
-                                   _require(spec, "sender", where),
-                                   [recipients] if isinstance(recipients, str) else list(recipients),
-                                   username=spec.get("username"), password=password,
-                                   starttls=spec.get("starttls", True) is not False,
-                                   # ca_file: trust a private CA (or a test server's own certificate)
-                                   ssl_context=ssl.create_default_context(cafile=spec["ca_file"]) if spec.get("ca_file") else None,
-                                   **common))
-        elif kind == "pagerduty":
-            key = _env(environ, _require(spec, "routing_key_env", where), where)
-            sinks.append(PagerDutySink(key, **({"url": spec["url"]} if spec.get("url") else {}), **common))
-        else:
-            raise ConfigError(f"{where}: unknown sink kind {kind!r}", "use one of slack, webhook, email, pagerduty")
+        try:
+            sinks.append(build_sink(spec, environ))
+        except Exception as exc:  # noqa: BLE001 - one bad sink must not stop the others or the tick
+            # any other exception's text may quote a secret just read from the environment
+            reason = (f"{exc.message} -> {exc.hint}" if isinstance(exc, ConfigError)
+                      else f"{type(exc).__name__} (details withheld: they may quote a secret)")
+            sinks.append(UnavailableSink(f"{spec.kind} (alerts.sinks[{i}])", spec.min_severity,
+                                         f"cannot be built: {reason}"))
     return sinks

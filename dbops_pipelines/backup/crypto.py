@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -198,3 +199,54 @@ def decrypt_stream(chunks: Iterable[bytes], keys: Iterable[BackupKey], label: st
                 raise IntegrityError(f"{label} has data after its final record", "the object was tampered with; use another backup")
             return
         index += 1
+
+
+# --- sealed JSON records (manifests, verification reports) -----------------------------------
+# The MAC covers the body's bytes exactly as stored (never a re-serialisation, so records can
+# gain fields without invalidating old ones) and the place the record belongs, so a record
+# copied into another backup's folder does not authenticate there.
+
+_SEALED = re.compile(rb'\A\{"format": "(?P<format>[a-z-]+)", "version": (?P<version>\d+), "key_id": "(?P<key_id>[0-9a-f]{16})", '
+                     rb'"mac": "(?P<mac>[0-9a-f]{64})", "body": ')
+
+
+def _record_mac(key: BackupKey, fmt: str, version: int, binding: str, body: bytes) -> str:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"dbops sealed record {fmt}".encode())
+    msg = b"%s\x00%d\x00%s\x00" % (fmt.encode(), version, binding.encode()) + body
+    return hmac.new(hkdf.derive(key.material), msg, hashlib.sha256).hexdigest()
+
+
+def seal_record(key: BackupKey, fmt: str, version: int, binding: str, body: bytes) -> bytes:
+    """A JSON document ``{"format", "version", "key_id", "mac", "body": <body bytes as given>}``.
+    ``binding`` names where the record belongs (e.g. "app/app-20261124T020000Z-1a2b")."""
+    mac = _record_mac(key, fmt, version, binding, body)
+    head = f'{{"format": "{fmt}", "version": {version}, "key_id": "{key.key_id}", "mac": "{mac}", "body": '
+    return head.encode() + body + b"}\n"
+
+
+@dataclass(frozen=True)
+class OpenedRecord:
+    version: int
+    key_id: str
+    body: bytes
+
+
+def open_record(data: bytes, keys: Iterable[BackupKey], fmt: str, binding: str, label: str) -> OpenedRecord:
+    """The body of a sealed record after its MAC verified for ``binding``; raises IntegrityError
+    (not sealed, altered, or belongs elsewhere) or EncryptionKeyError (its key is not configured)."""
+    m = _SEALED.match(data)
+    if not m or not data.endswith(b"}\n") or m["format"].decode() != fmt:
+        raise IntegrityError(f"{label} is not a sealed {fmt} record", "do not trust it; check who can write to the store")
+    key_id, version = m["key_id"].decode(), int(m["version"])
+    by_id = {k.key_id: k for k in keys}
+    if key_id not in by_id:
+        raise EncryptionKeyError(
+            f"{label} is signed with key id {key_id}, which none of the configured keys ({', '.join(sorted(by_id)) or 'none'}) matches",
+            "set the key it was written with (encryption.key_env, or encryption.previous_key_envs after a rotation)",
+        )
+    body = data[m.end():-2]
+    expected = _record_mac(by_id[key_id], fmt, version, binding, body)
+    if not hmac.compare_digest(expected, m["mac"].decode()):
+        raise IntegrityError(f"{label} has been altered or does not belong where it was found",
+                             "do not trust this record; check who can write to the store")
+    return OpenedRecord(version, key_id, body)

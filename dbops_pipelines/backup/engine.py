@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,13 +18,14 @@ from datetime import datetime, timezone
 import psycopg
 import zstandard
 
-from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream, manifest_mac
-from dbops_pipelines.backup.manifest import BackupManifest, data_key, manifest_key, new_backup_id
+from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream
+from dbops_pipelines.backup.lease import WriterLease
+from dbops_pipelines.backup.manifest import BackupManifest, data_key, manifest_key, new_backup_id, seal_manifest
 from dbops_pipelines.backup.snapshot import check_readable, count_rows, pg_dump_pattern, schema_fingerprint, table_checksums, tables_in_dump
 from dbops_pipelines.progress import Progress
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import BackupFailed, DbopsError
-from dbops_pipelines.pgtools import StderrCollector, binary_version, check_client_version, connect, enlarge_pipe, find_binary
+from dbops_pipelines.pgtools import PgProcess, binary_version, check_client_version, connect, enlarge_pipe, find_binary, password_to_env
 from dbops_pipelines.storage.base import BackupStore
 
 READ_SIZE = 1 << 20
@@ -60,6 +60,35 @@ def _pg_dump_command(pg_dump: str, dsn: str, snapshot: str, opts: BackupOptions)
 KINDS = ("full", "schema", "tables")
 
 
+def confirm_stored(store: BackupStore, manifest: BackupManifest) -> None:
+    """A backup reports success only once the store shows its data object, at its size, and its
+    manifest: never on the strength of an upload call alone."""
+    data = store.stat(manifest.object_key)
+    if data is None or data.size != manifest.stored_bytes:
+        found = "is missing" if data is None else f"has {data.size} bytes instead of {manifest.stored_bytes}"
+        raise BackupFailed(f"backup {manifest.backup_id}: after the upload, the data object {found}; nothing was kept",
+                           "something else deletes or rewrites objects in the store (another tool, a lifecycle rule): find it, then back up again")
+    if store.stat(manifest_key(manifest.target, manifest.backup_id)) is None:
+        raise BackupFailed(f"backup {manifest.backup_id}: the manifest is missing right after it was written",
+                           "check the store's consistency and run the backup again")
+
+
+def _stop_counter(conn: psycopg.Connection, counter: threading.Thread, patience: float = 30.0) -> bool:
+    """Cancel the row-count thread's query until the thread returns, so that conn is never closed
+    under it (psycopg's close() frees what a query running in another thread still uses), and a
+    cancelled backup leaves no count(*) running on the server. A cancelled query aborts the
+    transaction, so the counter's next queries fail at once. False if it would not stop (server
+    silent): the caller then leaves conn open rather than closing it under the thread."""
+    deadline = time.monotonic() + patience
+    while counter.is_alive() and time.monotonic() < deadline:
+        try:
+            conn.cancel_safe(timeout=5)
+        except psycopg.Error:
+            pass
+        counter.join(0.5)
+    return not counter.is_alive()
+
+
 def run_backup(
     target: str,
     dsn: str,
@@ -77,7 +106,8 @@ def run_backup(
     started = datetime.now(timezone.utc)
     backup_id = new_backup_id(target, started, secrets.token_hex(2))
     conn = connect(dsn, target, retries=opts.connect_retries)
-    proc: subprocess.Popen | None = None
+    proc: PgProcess | None = None
+    counter: threading.Thread | None = None
     try:
         # The dump, the row counts and the fingerprint all see this one snapshot.
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -94,9 +124,6 @@ def run_backup(
         fingerprint = schema_fingerprint(conn)
         size_hint = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] // 2
 
-        proc = subprocess.Popen(_pg_dump_command(str(pg_dump), dsn, snapshot, opts),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        enlarge_pipe(proc.stdout.fileno())
         warnings: list[str] = []
 
         def warn(line: str) -> None:
@@ -104,7 +131,11 @@ def run_backup(
             if on_warning:
                 on_warning(line)
 
-        stderr = StderrCollector(proc.stderr, warn)
+        # A password in the DSN reaches pg_dump through PGPASSWORD, never its command line.
+        dump_dsn, dump_env = password_to_env(dsn)
+        proc = PgProcess(_pg_dump_command(str(pg_dump), dump_dsn, snapshot, opts), env=dump_env, stdout=True, on_line=warn)
+        enlarge_pipe(proc.stdout.fileno())
+        stderr = proc.messages
         counts: dict[str, int] = {}
         checksums: dict[str, str] = {}
         count_error: list[BaseException] = []
@@ -116,6 +147,10 @@ def run_backup(
             except BaseException as exc:  # noqa: BLE001 - re-raised in the streaming thread
                 count_error.append(exc)
 
+        # The counter shares conn (and so the exported snapshot's own transaction) rather than
+        # opening a second connection that imports it: one connection slot and one login per
+        # backup, and no import that can fail on its own. The price is the rule it keeps: conn
+        # is closed only after the counter has returned (_stop_counter).
         counter = threading.Thread(target=count, name="row-count", daemon=True)
         counter.start()
         raw_total = [0]
@@ -160,33 +195,43 @@ def run_backup(
                 progress(Progress(raw_total[0], stored, time.monotonic() - t0))
 
         obj_key = data_key(target, backup_id)
-        stored = store.put(obj_key, encrypt_stream(dump_stream(), key), size_hint=size_hint)
-        stderr.text()
-        manifest = BackupManifest(
-            backup_id=backup_id, target=target, kind=opts.kind,
-            database=conn.info.dbname, server=f"{conn.info.host}:{conn.info.port}",
-            server_version=server_version, pg_dump_version=f"{client[0]}.{client[1]}",
-            started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
-            raw_bytes=raw_total[0], stored_bytes=stored.size, sha256=stored.sha256,
-            object_key=obj_key, location=stored.location,
-            compression=f"zstd-{opts.zstd_level}", encryption=ENCRYPTION, key_id=key.key_id,
-            table_rows=counts, table_checksums=checksums, schema_fingerprint=fingerprint,
-            selected_tables=sorted(tables) if opts.kind == "tables" else [],
-            excluded_table_data=list(opts.exclude_table_data), pg_dump_warnings=warnings,
-        )
-        manifest.mac = manifest_mac(key, manifest.signed_payload())
-        try:
-            store.put_bytes(manifest_key(target, backup_id), manifest.to_json())
-        except BaseException:
-            store.delete(obj_key)  # a data object without a manifest is never valid; don't keep it
-            raise
+        with WriterLease(store, target, backup_id) as lease:
+            stored = store.put(obj_key, encrypt_stream(dump_stream(), key), size_hint=size_hint)
+            stderr.text()
+            manifest = BackupManifest(
+                backup_id=backup_id, target=target, kind=opts.kind,
+                database=conn.info.dbname, server=f"{conn.info.host}:{conn.info.port}",
+                server_version=server_version, pg_dump_version=f"{client[0]}.{client[1]}",
+                started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
+                raw_bytes=raw_total[0], stored_bytes=stored.size, sha256=stored.sha256,
+                object_key=obj_key, location=stored.location,
+                compression=f"zstd-{opts.zstd_level}", encryption=ENCRYPTION, key_id=key.key_id,
+                table_rows=counts, table_checksums=checksums, schema_fingerprint=fingerprint,
+                selected_tables=sorted(tables) if opts.kind == "tables" else [],
+                excluded_table_data=list(opts.exclude_table_data), pg_dump_warnings=warnings,
+            )
+            committed = False
+            try:
+                lease.check_held()
+                store.put_bytes(manifest_key(target, backup_id), seal_manifest(manifest, key))
+                confirm_stored(store, manifest)
+                committed = True
+            finally:
+                if not committed:
+                    # A data object without a manifest is never valid, and a manifest without its
+                    # data must not outlive this failure: remove both (ours, just written).
+                    for k in (manifest_key(target, backup_id), obj_key):
+                        try:
+                            store.delete(k)
+                        except DbopsError:
+                            pass
         return manifest
     except DbopsError:
         raise
     except psycopg.Error as exc:
         raise BackupFailed(f"backup of {target} failed: {redact(str(exc)).strip()}", "check the database log and run again") from None
     finally:
-        if proc and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        conn.close()
+        if proc:
+            proc.close()  # pg_dump and its connection gone before anything else is released
+        if counter is None or _stop_counter(conn, counter):
+            conn.close()

@@ -1,8 +1,10 @@
 """Check a stored backup without restoring it: re-read the object, verify its sha256, decrypt and
-authenticate every record, and list the archive's table of contents with ``pg_restore --list``."""
+authenticate every record, read the archive's table of contents (backup/toc.py: exact names) and
+have ``pg_restore --list`` read it too (its dump ids must be ones we read)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 from collections.abc import Iterable
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from dbops_pipelines.backup.crypto import BackupKey
 from dbops_pipelines.backup.manifest import BackupManifest
 from dbops_pipelines.backup.snapshot import split_table
+from dbops_pipelines.backup.toc import Toc, read_toc
 from dbops_pipelines.errors import IntegrityError
 from dbops_pipelines.pgtools import find_binary
 from dbops_pipelines.restore import open_dump_stream
@@ -25,29 +28,20 @@ class IntegrityReport:
     tables_with_data: tuple[str, ...]   # manifest tables whose TABLE DATA entry is in the archive
 
 
-def _parse_toc(listing: str) -> tuple[int, list[str]]:
-    """Entry count and the "schema name owner" text of every TABLE DATA line.
-
-    pg_restore prints names unquoted, so a name with spaces cannot be split reliably; callers
-    match known "schema table" prefixes instead of parsing names out.
-    """
-    entries, data = 0, []
-    for line in listing.splitlines():
-        if not line or line.startswith(";"):
-            continue
-        entries += 1
-        _, _, rest = line.partition(" TABLE DATA ")  # e.g. "3345; 0 16390 TABLE DATA public users postgres"
-        if rest:
-            data.append(rest)
-    return entries, data
+def listed_ids(listing: str) -> list[int]:
+    """The dump id starting each entry line of ``pg_restore --list``: the only field of that output
+    that is unambiguous (names are printed unquoted, with newlines turned into spaces)."""
+    return [int(m[1]) for line in listing.splitlines() if (m := re.match(r"(\d+);", line))]
 
 
-def tables_with_data(listing_data: list[str], tables: list[str]) -> tuple[list[str], list[str]]:
-    """(found, missing) of ``tables`` ("schema.table") among TABLE DATA entries."""
+def tables_with_data(toc: Toc, listed: Iterable[int], tables: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(found, missing) of ``tables`` (manifest keys): found if the archive has their TABLE DATA
+    entry, by exact schema and name, and pg_restore lists it too."""
+    listed = set(listed)
     found, missing = [], []
     for name in tables:
-        schema, table = split_table(name)
-        (found if any(rest.startswith(f"{schema} {table} ") for rest in listing_data) else missing).append(name)
+        entry = toc.find("TABLE DATA", *split_table(name))
+        (found if entry and entry.dump_id in listed else missing).append(name)
     return found, missing
 
 
@@ -59,9 +53,10 @@ def check_backup(store: BackupStore, manifest: BackupManifest, keys: Iterable[Ba
     reader.start()
     raw, feeding = 0, True
     try:
+        toc, stream = read_toc(open_dump_stream(store, manifest, keys), f"backup {manifest.backup_id}")
         # Read the whole object even after pg_restore has its TOC: the check is the sha256 and
         # the authentication of every record, not just the header.
-        for chunk in open_dump_stream(store, manifest, keys):
+        for chunk in stream:
             raw += len(chunk)
             if feeding:
                 try:
@@ -83,11 +78,16 @@ def check_backup(store: BackupStore, manifest: BackupManifest, keys: Iterable[Ba
             f"backup {manifest.backup_id}: pg_restore --list failed: {out.get('stderr', b'').decode(errors='replace').strip()}",
             "the archive is unreadable; restore from another backup",
         )
-    entries, data = _parse_toc(out["stdout"].decode(errors="replace"))
-    found, missing = tables_with_data(data, sorted(manifest.table_rows))
+    listed = listed_ids(out["stdout"].decode(errors="replace"))
+    if unknown := set(listed) - {e.dump_id for e in toc.entries}:
+        raise IntegrityError(
+            f"backup {manifest.backup_id}: pg_restore lists {len(unknown)} entries (e.g. id {min(unknown)}) that dbops did not read in the archive's table of contents",
+            "report this with the pg_dump version; check the backup with `pg_restore --list` meanwhile",
+        )
+    found, missing = tables_with_data(toc, listed, sorted(manifest.table_rows))
     if missing:
         raise IntegrityError(
             f"backup {manifest.backup_id}: the archive has no data for {', '.join(missing)} although the manifest counts rows for them",
             "do not rely on this backup; take a new one and investigate",
         )
-    return IntegrityReport(manifest.backup_id, raw, entries, tuple(found))
+    return IntegrityReport(manifest.backup_id, raw, len(listed), tuple(found))

@@ -14,11 +14,17 @@ Rules, applied per target:
 * Nothing younger than ``min_age_days`` is deleted, valid or not.
 * The newest valid backup and the newest verified backup are always kept,
   whatever their age: retention must never leave a target without a restore.
-* Partial backups (schema-only, selected tables) are taken for a purpose, not as
-  the target's restore point: they never fill GFS slots nor count as "newest",
-  and are deleted once older than ``min_age_days``.
-* Invalid backups (no manifest) never fill GFS slots; they are deleted once
-  older than ``min_age_days``.
+* Slots are kept per kind: full backups always, and the target's configured kind
+  when that is partial (a ``kind: tables`` target keeps its own backups by the
+  same policy). Other partial backups (a one-off schema-only dump) never fill
+  slots nor count as "newest", and are deleted once older than ``min_age_days``;
+  partial backups never crowd out full ones, whose slots are their own.
+* Backups being written are kept and never judged.
+* Incomplete backups (no manifest, no live writer) never fill GFS slots; they
+  are deleted once older than ``min_age_days``.
+* When the state of any backup of a target is unknown (a manifest that cannot
+  be read or trusted, a data object missing or of the wrong size), nothing of
+  that target is deleted and the plan says why (``plan.blocked``).
 * Backups dated after ``now`` (clock skew) are kept and otherwise ignored: they
   fill no GFS slot and do not count as "newest", so the newest trustworthy
   backup stays protected.
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -38,6 +44,8 @@ DELETE_NOT_NEEDED = "not needed by daily/weekly/monthly policy"
 KEEP_FUTURE = "in the future (clock skew?)"
 KEEP_NEWEST_VALID = "newest valid backup"
 KEEP_NEWEST_VERIFIED = "newest verified backup"
+KEEP_WRITING = "being written"
+KEEP_BLOCKED = "retention stopped for this target"
 
 
 @dataclass(frozen=True)
@@ -57,15 +65,23 @@ class RetentionPolicy:
                 )
 
 
+BLOCKING_STATES = ("unknown", "missing_data")
+
+
 @dataclass(frozen=True)
 class BackupRecord:
     backup_id: str
     target: str
     started_at: datetime  # timezone-aware, UTC
-    valid: bool  # has a manifest and completed
+    valid: bool  # has an authenticated manifest and its data object
     verified: bool = False  # passed restore verification
-    full: bool = True  # a full backup; schema-only and selected-table backups are partial
+    kind: str = "full"  # full | schema | tables
+    state: str = ""  # the catalog's state; "" means valid/incomplete from ``valid``
+    problem: str | None = None  # why the state is unknown
 
+    @property
+    def effective_state(self) -> str:
+        return self.state or ("valid" if self.valid else "incomplete")
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,7 @@ class RetentionDecision:
 @dataclass(frozen=True)
 class RetentionPlan:
     decisions: tuple[RetentionDecision, ...]  # targets by name, newest first
+    blocked: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # target -> why nothing was deleted
 
     @property
     def to_delete(self) -> list[RetentionDecision]:
@@ -96,6 +113,8 @@ class RetentionPlan:
             f"retention plan: {len(self.decisions)} backups, "
             f"{len(self.to_keep)} keep, {len(self.to_delete)} delete"
         ]
+        for target, why in sorted(self.blocked.items()):
+            lines.append(f"target {target}: RETENTION STOPPED, nothing deleted: {'; '.join(why)}")
         target = None
         for d in self.decisions:
             if d.target != target:
@@ -111,6 +130,7 @@ class RetentionPlan:
         return {
             "keep_count": len(self.to_keep),
             "delete_count": len(self.to_delete),
+            "blocked": {t: list(w) for t, w in self.blocked.items()},
             "decisions": [
                 {
                     "backup_id": d.backup_id,
@@ -147,13 +167,8 @@ def _to_utc(t: datetime, what: str) -> datetime:
     return t.astimezone(timezone.utc)
 
 
-def _plan_target(
-    backups: list[BackupRecord], policy: RetentionPolicy, now: datetime
-) -> list[RetentionDecision]:
-    newest_first = sorted(backups, key=lambda b: (b.started_at, b.backup_id), reverse=True)
-    reasons: dict[str, list[str]] = {b.backup_id: [] for b in newest_first}
-    candidates = [b for b in newest_first if b.valid and b.full and b.started_at <= now]
-
+def _keep_slots(candidates: list[BackupRecord], policy: RetentionPolicy, reasons: dict[str, list[str]], label_kind: str) -> None:
+    """GFS slots, the newest valid and the newest verified among ``candidates`` (newest first)."""
     granularities: list[tuple[str, int, Callable[[datetime], str]]] = [
         ("daily", policy.keep_daily, _day),
         ("weekly", policy.keep_weekly, _week),
@@ -167,37 +182,55 @@ def _plan_target(
             bucket = bucket_of(b.started_at)
             if bucket not in seen:  # newest-first, so the first hit is the bucket's newest
                 seen.add(bucket)
-                reasons[b.backup_id].append(f"{label} {bucket}")
-
+                reasons[b.backup_id].append(f"{label} {bucket}{label_kind}")
     if candidates:
-        reasons[candidates[0].backup_id].append(KEEP_NEWEST_VALID)
+        reasons[candidates[0].backup_id].append(KEEP_NEWEST_VALID + label_kind)
     verified = [b for b in candidates if b.verified]
     if verified:
-        reasons[verified[0].backup_id].append(KEEP_NEWEST_VERIFIED)
+        reasons[verified[0].backup_id].append(KEEP_NEWEST_VERIFIED + label_kind)
+
+
+def _plan_target(
+    backups: list[BackupRecord], policy: RetentionPolicy, now: datetime, kept_kinds: tuple[str, ...]
+) -> tuple[list[RetentionDecision], tuple[str, ...]]:
+    newest_first = sorted(backups, key=lambda b: (b.started_at, b.backup_id), reverse=True)
+    blocked = tuple(f"{b.backup_id}: {b.problem or b.effective_state}" for b in newest_first
+                    if b.effective_state in BLOCKING_STATES)
+    if blocked:
+        why = (f"{KEEP_BLOCKED}: {len(blocked)} backup(s) in an unknown state",)
+        return [RetentionDecision(b.backup_id, b.target, b.started_at, True, why) for b in newest_first], blocked
+
+    reasons: dict[str, list[str]] = {b.backup_id: [] for b in newest_first}
+    for kind in dict.fromkeys(("full", *kept_kinds)):
+        candidates = [b for b in newest_first if b.effective_state == "valid" and b.kind == kind and b.started_at <= now]
+        _keep_slots(candidates, policy, reasons, "" if kind == "full" else f" ({kind})")
 
     min_age = timedelta(days=policy.min_age_days)
     young = f"younger than {policy.min_age_days} days"
     decisions = []
     for b in newest_first:
         why = reasons[b.backup_id]
-        if b.started_at > now:
+        state = b.effective_state
+        if state == "writing":
+            why.append(KEEP_WRITING)
+        elif b.started_at > now:
             why.append(KEEP_FUTURE)
         elif now - b.started_at < min_age:
             why.append(young)
         keep = bool(why)
         if not keep:
-            if b.valid and not b.full:
-                why.append(f"partial backup older than {policy.min_age_days} days")
-            elif b.valid:
+            if state == "valid" and b.kind != "full":
+                why.append(f"partial ({b.kind}) backup older than {policy.min_age_days} days")
+            elif state == "valid":
                 why.append(DELETE_NOT_NEEDED)
             elif policy.min_age_days:
-                why.append(f"invalid (no manifest) and older than {policy.min_age_days} days")
+                why.append(f"incomplete (no manifest, no writer) and older than {policy.min_age_days} days")
             else:
-                why.append("invalid (no manifest)")
+                why.append("incomplete (no manifest, no writer)")
         decisions.append(
             RetentionDecision(b.backup_id, b.target, b.started_at, keep, tuple(why))
         )
-    return decisions
+    return decisions, ()
 
 
 def plan_retention(
@@ -205,6 +238,7 @@ def plan_retention(
     policy: RetentionPolicy,
     now: datetime,
     policies_by_target: Mapping[str, RetentionPolicy] | None = None,
+    kept_kinds_by_target: Mapping[str, tuple[str, ...]] | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep and which to delete (see the module docstring).
 
@@ -222,7 +256,12 @@ def plan_retention(
         by_target[b.target].append(replace(b, started_at=started))
 
     overrides = policies_by_target or {}
+    kinds = kept_kinds_by_target or {}
     decisions: list[RetentionDecision] = []
+    blocked: dict[str, tuple[str, ...]] = {}
     for target in sorted(by_target):
-        decisions += _plan_target(by_target[target], overrides.get(target, policy), now)
-    return RetentionPlan(tuple(decisions))
+        planned, why = _plan_target(by_target[target], overrides.get(target, policy), now, kinds.get(target, ("full",)))
+        decisions += planned
+        if why:
+            blocked[target] = why
+    return RetentionPlan(tuple(decisions), blocked)

@@ -14,10 +14,13 @@ import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from dbops_pipelines.alerts.conditions import (CheckEvaluation, FinishedRun, Freshness, check_observations,
-                                               run_observations, staleness_observations)
+                                               run_observations, staleness_observations, unreadable_observations)
 from dbops_pipelines.alerts.dispatch import AlertState, plan_notifications
 from dbops_pipelines.alerts.sinks import build_sinks, deliver
 from dbops_pipelines.config import FleetConfig, config_path, load_config
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.errors import DbopsError
+from dbops_pipelines.inventory import last_good
 from dbops_pipelines.defs.backups import backup_asset_key, backup_job_name
 from dbops_pipelines.defs.verification import CHECK_NAME as VERIFY_CHECK, verify_job_name
 
@@ -75,31 +78,35 @@ def check_evaluations(instance: dg.DagsterInstance, cfg: FleetConfig, state: Ale
     return out
 
 
-def freshness(instance: dg.DagsterInstance, cfg: FleetConfig) -> list[Freshness]:
-    out = []
+def freshness(cfg: FleetConfig, now: datetime) -> tuple[list[Freshness], dict[str, str | None]]:
+    """Staleness from the store's catalog (what actually exists), not from Dagster's records:
+    backups made with the CLI count, and a partial backup does not reset the RPO clock."""
+    out, problems = [], {}
+    try:
+        ctx = FleetContext(cfg)
+    except DbopsError as exc:
+        return [], {t: exc.message for t in cfg.targets}
     for target in cfg.targets:
-        event = instance.get_latest_materialization_event(backup_asset_key(target))
-        passed = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(backup_asset_key(target), VERIFY_CHECK), limit=1,
-            status={AssetCheckExecutionRecordStatus.SUCCEEDED})
-        out.append(Freshness(
-            target,
-            datetime.fromtimestamp(event.timestamp, timezone.utc) if event else None,
-            timedelta(hours=cfg.rpo_hours_for(target)),
-            datetime.fromtimestamp(passed[0].create_timestamp, timezone.utc) if passed else None,
-            timedelta(days=cfg.verification_for(target).max_age_days),
-        ))
-    return out
+        try:
+            good = last_good(ctx, target, now)
+        except DbopsError as exc:
+            problems[target] = exc.message
+            continue
+        problems[target] = None
+        out.append(Freshness(target, good.last_full_backup_at, timedelta(hours=cfg.rpo_hours_for(target)),
+                             good.last_verified_at, timedelta(days=cfg.verification_for(target).max_age_days)))
+    return out, problems
 
 
 def evaluate_alerts(context: dg.SensorEvaluationContext, cfg: FleetConfig, now: datetime | None = None) -> dg.SensorResult:
     now = now or datetime.now(timezone.utc)
     state = AlertState.from_json(context.cursor)
-    sinks = build_sinks([s.model_dump() for s in cfg.alerts.sinks])
+    sinks = build_sinks(cfg.alerts.sinks)
     ui = cfg.alerts.ui_base_url
+    fresh, unreadable = freshness(cfg, now)
     observations = (run_observations(finished_runs(context.instance, cfg, state, now), ui)
                     + check_observations(check_evaluations(context.instance, cfg, state), ui)
-                    + staleness_observations(freshness(context.instance, cfg), now))
+                    + staleness_observations(fresh, now) + unreadable_observations(unreadable, now))
     notifications = plan_notifications(observations, state, now, timedelta(minutes=cfg.alerts.reminder_minutes))
     results = deliver(notifications, sinks)
     state.record_failures(results, now)

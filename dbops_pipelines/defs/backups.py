@@ -96,7 +96,8 @@ def build_backup_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
         ),
     )
     def backup(context: dg.AssetExecutionContext, config: BackupRunConfig, dbops: DbopsFleet) -> dg.MaterializeResult:
-        fleet_cfg = dbops.config()
+        ctx = dbops.context()
+        fleet_cfg = ctx.config
 
         def log_progress(p: Progress) -> None:
             context.log.info(f"{target}: {p.raw_bytes / MIB:.1f} MiB dumped, {p.stored_bytes / MIB:.1f} MiB stored, "
@@ -104,7 +105,7 @@ def build_backup_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
 
         try:
             manifest = fleet.backup_target(
-                fleet_cfg, target, config.kind, tuple(config.tables), progress=log_progress,
+                ctx, target, config.kind, tuple(config.tables), progress=log_progress,
                 on_warning=lambda line: context.log.warning(f"pg_dump: {line}"),
             )
         except TRANSIENT as exc:
@@ -135,11 +136,10 @@ def build_integrity_check(target: str) -> dg.AssetChecksDefinition:
         if event is None or "backup_id" not in event.asset_materialization.metadata:
             return dg.AssetCheckResult(passed=False, metadata={"finding": "no backup has been recorded yet"})
         backup_id = event.asset_materialization.metadata["backup_id"].value
-        fleet_cfg = dbops.config()  # read dbops.yaml once per evaluation
-        store = fleet.fleet_store(fleet_cfg)
+        ctx = dbops.context()  # dbops.yaml, the store and the keys, once per evaluation
         try:
-            entry = find_backup(store, backup_id)
-            report = check_backup(store, entry.manifest, fleet.read_keys(fleet_cfg), fleet_cfg.defaults.pg_bin_dir)
+            entry = find_backup(ctx.store, ctx.read_keys, backup_id)
+            report = check_backup(ctx.store, entry.manifest, ctx.read_keys, ctx.config.defaults.pg_bin_dir)
         except DbopsError as exc:
             return dg.AssetCheckResult(
                 passed=False,
@@ -176,13 +176,20 @@ def build_retention_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
     )
     def retention(context: dg.AssetExecutionContext, dbops: DbopsFleet) -> dg.MaterializeResult:
         try:
-            outcome = fleet.apply_retention(dbops.config(), target)
+            outcome = fleet.apply_retention(dbops.context(), target)
         except DbopsError as exc:
             raise as_failure(exc) from None
         context.log.info(outcome.plan.summary())
         rows = [dg.TableRecord({"backup_id": d.backup_id, "started_at": d.started_at.isoformat(),
                                 "action": "keep" if d.keep else "delete", "reasons": "; ".join(d.reasons)})
                 for d in outcome.plan.decisions]
+        if outcome.blocked:
+            # Nothing of this target was deleted; failing the step makes the alert sensor say so.
+            raise dg.Failure(
+                description=redact(f"retention of {target} stopped, nothing deleted: " + "; ".join(outcome.blocked[target]))
+                + "\n\nWhat to do: find out why these backups cannot be read or trusted (`dbops backups list`), fix or "
+                "remove them by hand, then run retention again.",
+                metadata={"error": "RetentionBlocked"}, allow_retries=False)
         return dg.MaterializeResult(metadata={
             "deleted": dg.MetadataValue.int(len(outcome.deleted)),
             "kept": dg.MetadataValue.int(len(outcome.plan.to_keep)),

@@ -1,4 +1,4 @@
-"""Resources hand the core its configuration; secrets stay in the environment of the run."""
+"""Resources hand the core its context; secrets stay in the environment of the run."""
 
 
 import os
@@ -6,6 +6,7 @@ import os
 import dagster as dg
 
 from dbops_pipelines.config import DEFAULT_CONFIG_PATH, FleetConfig, load_config
+from dbops_pipelines.context import FleetContext
 
 
 class DbopsFleet(dg.ConfigurableResource):
@@ -15,3 +16,7 @@ class DbopsFleet(dg.ConfigurableResource):
 
     def config(self) -> FleetConfig:
         return load_config(self.config_path)
+
+    def context(self) -> FleetContext:
+        """The fleet context for one run or check evaluation: config, store and keys, built once."""
+        return FleetContext(self.config())

@@ -61,18 +61,18 @@ def build_verification_check(cfg: FleetConfig, target: str) -> dg.AssetChecksDef
         "and always drops the scratch database. The report is kept in the backup store.",
     )
     def restore_verification(context: dg.AssetCheckExecutionContext, config: VerifyConfig, dbops: DbopsFleet) -> dg.AssetCheckResult:
-        fleet_cfg = dbops.config()
+        ctx = dbops.context()
         try:
-            report = verify_backup(fleet_cfg, target, config.backup_id, run_id=context.run.run_id, log=context.log.info)
+            report = verify_backup(ctx, target, config.backup_id, run_id=context.run.run_id, log=context.log.info)
         except DbopsError as exc:
             message = redact(exc.message)
             context.log.error(message)
             return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
                                        metadata={"outcome": "not run", "finding": message, "what_to_do": exc.hint or ""})
         (context.log.info if report.passed else context.log.error)(report.summary())
-        location = fleet_cfg.storage.url.rstrip("/") + "/" + report_key(report)
+        location = ctx.store.location(report_key(report))
         return dg.AssetCheckResult(
-            passed=not report.findings,
+            passed=report.passed,  # the one meaning of "verified"; warnings are in the metadata
             severity=dg.AssetCheckSeverity.WARN if report.passed else dg.AssetCheckSeverity.ERROR,
             metadata=report_metadata(report, location),
             description=report.summary(),

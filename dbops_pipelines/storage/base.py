@@ -46,21 +46,30 @@ class _Hashing:
 
 class BackupStore(ABC):
     """put() is all-or-nothing: either the whole object becomes visible under ``key`` or,
-    when the chunk iterator raises or the store fails, nothing does and the error propagates."""
+    when the chunk iterator raises or the store fails, nothing does and the error propagates.
 
-    def put(self, key: str, chunks: Iterable[bytes], size_hint: int | None = None) -> StoredObject:
+    Writes are create-only unless ``overwrite=True``: an existing object is never replaced by
+    accident (ObjectExists is raised and nothing is written). WAL segments, manifests and reports
+    rely on it; only leases, which are renewed in place, overwrite."""
+
+    def put(self, key: str, chunks: Iterable[bytes], size_hint: int | None = None, overwrite: bool = False) -> StoredObject:
         hashing = _Hashing(chunks)
-        self._put(key, iter(hashing), size_hint)
+        self._put(key, iter(hashing), size_hint, overwrite)
         return StoredObject(key, hashing.size, hashing.sha256, self.location(key))
 
-    def put_bytes(self, key: str, data: bytes) -> StoredObject:
-        return self.put(key, [data], len(data))
+    def put_bytes(self, key: str, data: bytes, overwrite: bool = False) -> StoredObject:
+        """A small object in a single request."""
+        return self.put(key, [data], len(data), overwrite)
 
     def get_bytes(self, key: str) -> bytes:
         return b"".join(self.get(key))
 
     @abstractmethod
-    def _put(self, key: str, chunks: Iterator[bytes], size_hint: int | None) -> None: ...
+    def _put(self, key: str, chunks: Iterator[bytes], size_hint: int | None, overwrite: bool) -> None: ...
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and modification time of an object, or None if it does not exist."""
 
     @abstractmethod
     def get(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -74,12 +83,13 @@ class BackupStore(ABC):
     def delete(self, key: str) -> None:
         """Delete an object; deleting a missing object is not an error."""
 
-    @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
 
-    def sweep_leftovers(self, older_than: timedelta) -> list[str]:
-        """Remove what writers killed outright (SIGKILL, power loss) left behind and could not
-        clean up themselves; returns what was removed. Stores without such leftovers keep this."""
+    def sweep_leftovers(self, prefix: str, older_than: timedelta) -> list[str]:
+        """Remove what writers killed outright (SIGKILL, power loss) left behind under ``prefix``
+        (a namespace this caller owns) and could not clean up themselves; returns what was removed.
+        Never touches anything outside ``prefix``."""
         return []
 
     @abstractmethod

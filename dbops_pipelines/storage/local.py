@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from dbops_pipelines.errors import StorageError
+from dbops_pipelines.errors import ObjectExists, StorageError
 from dbops_pipelines.storage.base import BackupStore, ObjectInfo
 
 PARTIAL_SUFFIX = ".partial"
@@ -16,24 +16,26 @@ PARTIAL_SUFFIX = ".partial"
 
 class LocalStore(BackupStore):
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if self.root.resolve() not in path.parents:
+        if self.root not in path.parents:
             raise StorageError(f"refusing key outside the store: {key!r}")
         return path
 
     def location(self, key: str) -> str:
         return f"file://{self._path(key)}"
 
-    def _put(self, key: str, chunks: Iterator[bytes], size_hint: int | None) -> None:
+    def _put(self, key: str, chunks: Iterator[bytes], size_hint: int | None, overwrite: bool) -> None:
         final = self._path(key)
+        if not overwrite and final.exists():
+            raise ObjectExists(f"{self.location(key)} already exists; nothing was written", "this is never overwritten: investigate who wrote it")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create {final.parent}: {exc}", "check the path and its permissions") from None
-        # Written under a temporary name and renamed only when complete and synced, so a
+        # Written under a temporary name and published only when complete and synced, so a
         # crash or failure never leaves a partial file under the real name.
         tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
         try:
@@ -43,7 +45,15 @@ class LocalStore(BackupStore):
                     fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, final)
+            if overwrite:
+                os.replace(tmp, final)
+            else:
+                # link() fails if the name exists: create-only even against a concurrent writer.
+                os.link(tmp, final)
+                tmp.unlink()
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            raise ObjectExists(f"{self.location(key)} already exists; nothing was written", "this is never overwritten: investigate who wrote it") from None
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             self._prune_empty(final.parent)
@@ -57,34 +67,60 @@ class LocalStore(BackupStore):
             fh = open(path, "rb")
         except FileNotFoundError:
             raise StorageError(f"{self.location(key)} does not exist", "run `dbops backups list` to see what is stored") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.location(key)}: {exc}", "check the path and its permissions") from None
         with fh:
             while chunk := fh.read(chunk_size):
                 yield chunk
 
+    def _walk_root(self, prefix: str) -> Path:
+        """The deepest directory that holds every key starting with ``prefix``: listing
+        ``backups/app/`` walks that folder only, never the whole store."""
+        folder = prefix.rpartition("/")[0]
+        return self._path(folder) if folder else self.root
+
+    def _files(self, prefix: str, partial: bool) -> Iterator[tuple[str, Path]]:
+        start = self._walk_root(prefix)
+        if not start.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(start):
+            for name in files:
+                if name.endswith(PARTIAL_SUFFIX) != partial:
+                    continue
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield key, path
+
     def list(self, prefix: str = "") -> list[ObjectInfo]:
-        if not self.root.exists():
-            return []
         out = []
-        for path in self.root.rglob("*"):
-            if not path.is_file() or path.name.endswith(PARTIAL_SUFFIX):
-                continue
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix):
+        for key, path in self._files(prefix, partial=False):
+            try:
                 st = path.stat()
-                out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)))
+            except FileNotFoundError:  # deleted while listing
+                continue
+            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)))
         return sorted(out, key=lambda o: o.key)
 
-    def list_partials(self) -> list[Path]:
-        """Leftovers of writers that were killed outright; retention sweeps them."""
-        return sorted(self.root.rglob(f"*{PARTIAL_SUFFIX}")) if self.root.exists() else []
+    def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)) if path.is_file() else None
 
-    def sweep_leftovers(self, older_than: timedelta) -> list[str]:
+    def sweep_leftovers(self, prefix: str, older_than: timedelta) -> list[str]:
+        """Temporary files of writers killed outright (they are never visible as objects)."""
         cutoff = datetime.now(timezone.utc) - older_than
         swept = []
-        for path in self.list_partials():
-            if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < cutoff:
-                path.unlink(missing_ok=True)
-                swept.append(str(path))
+        for key, path in self._files(prefix, partial=True):
+            try:
+                if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < cutoff:
+                    path.unlink()
+                    swept.append(key)
+            except FileNotFoundError:
+                continue
         return swept
 
     def delete(self, key: str) -> None:
@@ -94,9 +130,9 @@ class LocalStore(BackupStore):
 
     def _prune_empty(self, folder: Path) -> None:
         """Tidy empty backup folders, never the root itself."""
-        while folder != self.root.resolve() and folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
+        while folder != self.root and folder.exists() and not any(folder.iterdir()):
+            try:
+                folder.rmdir()
+            except OSError:  # a concurrent writer just put something in it
+                return
             folder = folder.parent
-
-    def exists(self, key: str) -> bool:
-        return self._path(key).is_file()

@@ -12,7 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dbops_pipelines.errors import StorageError
+from dbops_pipelines.errors import ObjectExists, StorageError
 from dbops_pipelines.storage.base import BackupStore, ObjectInfo
 
 MIB = 1 << 20
@@ -67,16 +67,38 @@ class S3Store(BackupStore):
             "check that the store is reachable, the bucket exists and the credentials (AWS_ACCESS_KEY_ID/...) are right",
         )
 
-    def _put(self, key: str, chunks: Iterator[bytes], size_hint: int | None) -> None:
+    def _exists_error(self, key: str) -> ObjectExists:
+        return ObjectExists(f"{self.location(key)} already exists; nothing was written",
+                            "this is never overwritten: investigate who wrote it")
+
+    def _precondition(self, exc: ClientError) -> bool:
+        return exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+    def _put(self, key: str, chunks: Iterator[bytes], size_hint: int | None, overwrite: bool) -> None:
         full = self._key(key)
+        # Create-only through S3's conditional write (If-None-Match: *), atomic on the server.
+        cond = {} if overwrite else {"IfNoneMatch": "*"}
+        first, rest = self._first_part(chunks, part_size_for(0, size_hint))
+        if rest is None:
+            # Small objects (manifests, reports, leases) in one request.
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=first.getvalue(), **cond)
+            except ClientError as exc:
+                if not overwrite and self._precondition(exc):
+                    raise self._exists_error(key) from None
+                raise self._fail(f"upload of {self.location(key)}", exc) from None
+            except BotoCoreError as exc:
+                raise self._fail(f"upload of {self.location(key)}", exc) from None
+            return
         try:
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
         except (ClientError, BotoCoreError) as exc:
+            first.close()
             raise self._fail(f"starting upload of {self.location(key)}", exc) from None
         try:
-            parts = self._upload_parts(full, upload_id, chunks, size_hint)
+            parts = self._upload_parts(full, upload_id, first, rest, size_hint)
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket, Key=full, UploadId=upload_id, MultipartUpload={"Parts": parts}, **cond
             )
         except BaseException as exc:
             # Abort so no partial object or billed orphan parts remain. If the store is down this
@@ -86,11 +108,28 @@ class S3Store(BackupStore):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
+            if isinstance(exc, ClientError) and not overwrite and self._precondition(exc):
+                raise self._exists_error(key) from None
             if isinstance(exc, (ClientError, BotoCoreError)):
                 raise self._fail(f"upload of {self.location(key)}", exc) from None
             raise
 
-    def _upload_parts(self, full: str, upload_id: str, chunks: Iterator[bytes], size_hint: int | None) -> list[dict]:
+    @staticmethod
+    def _first_part(chunks: Iterator[bytes], target: int):
+        """Read up to one part: (spool, None) if the whole object fits in it, else (spool, chunks)."""
+        spool = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)
+        try:
+            for chunk in chunks:
+                spool.write(chunk)
+                if spool.tell() >= target:
+                    return spool, chunks
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return _Bytes(spool.read()), None
+
+    def _upload_parts(self, full: str, upload_id: str, first, chunks: Iterator[bytes], size_hint: int | None) -> list[dict]:
         """Fill one part while the previous one uploads in a worker thread."""
         pending: queue.Queue = queue.Queue(maxsize=1)
         parts: list[dict] = []
@@ -113,18 +152,24 @@ class S3Store(BackupStore):
         thread = threading.Thread(target=worker, name="s3-upload", daemon=True)
         thread.start()
         try:
-            number, spool, filled = 1, tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY), 0
-            target = part_size_for(0, size_hint)
+            pending.put((1, first))
+            number, spool, filled = 2, tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY), 0
+            target = part_size_for(1, size_hint)
             for chunk in chunks:
                 if errors:
                     break
+                if number > PART_LIMIT:
+                    # Refused before a part beyond the store's limit is sent, not after the upload.
+                    spool.close()
+                    raise StorageError(f"upload of {full} needs more than {PART_LIMIT} parts",
+                                       "report this: the size hint was far too small")
                 spool.write(chunk)
                 filled += len(chunk)
                 if filled >= target:
                     pending.put((number, spool))
                     number, spool, filled = number + 1, tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY), 0
                     target = part_size_for(number - 1, size_hint)
-            if not errors and (filled or number == 1):
+            if not errors and filled:
                 pending.put((number, spool))
             else:
                 spool.close()
@@ -133,8 +178,6 @@ class S3Store(BackupStore):
             thread.join()
         if errors:
             raise errors[0]
-        if len(parts) > PART_LIMIT:
-            raise StorageError(f"upload needed {len(parts)} parts, more than {PART_LIMIT}", "report this: the size hint was far too small")
         return sorted(parts, key=lambda p: p["PartNumber"])
 
     def get(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -170,27 +213,43 @@ class S3Store(BackupStore):
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(f"deleting {self.location(key)}", exc) from None
 
-    def exists(self, key: str) -> bool:
+    def stat(self, key: str) -> ObjectInfo | None:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return ObjectInfo(key, head["ContentLength"], head["LastModified"])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise self._fail(f"checking {self.location(key)}", exc) from None
         except BotoCoreError as exc:
             raise self._fail(f"checking {self.location(key)}", exc) from None
 
-    def sweep_leftovers(self, older_than: timedelta = timedelta(days=1)) -> list[str]:
-        """Abort multipart uploads left by writers that died before they could abort."""
+    def sweep_leftovers(self, prefix: str, older_than: timedelta) -> list[str]:
+        """Abort multipart uploads under ``prefix`` left by writers that died before they could
+        abort; uploads anywhere else in the bucket are someone else's and never touched."""
+        if not prefix:
+            raise StorageError("refusing to sweep uploads without a namespace prefix", "report this: a caller passed no prefix")
         cutoff = datetime.now(timezone.utc) - older_than
         aborted = []
         try:
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(""))
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
             for up in (u for page in pages for u in page.get("Uploads", [])):
-                if up["Initiated"] < cutoff:
+                if up["Key"].startswith(self._key(prefix)) and up["Initiated"] < cutoff:
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
                     aborted.append(up["Key"])
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("cleaning up stale uploads", exc) from None
         return aborted
+
+
+class _Bytes:
+    """A finished small object held in memory, with the file methods the upload paths use."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+    def close(self) -> None:
+        self._data = b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dbops_pipelines.backup.manifest import BackupManifest
+from dbops_pipelines.backup.snapshot import canonical_table
 from dbops_pipelines.verification.report import Finding, TableResult
 
 FINGERPRINT_CATEGORIES = ("tables", "columns", "indexes", "constraints", "policies", "extensions")
@@ -12,10 +13,13 @@ _SINGULAR = {"tables": "table", "columns": "column", "indexes": "index", "constr
 
 def compare_tables(manifest: BackupManifest, actual_rows: dict[str, int],
                    actual_checksums: dict[str, str]) -> tuple[list[TableResult], list[Finding]]:
+    """``actual_*`` are keyed by snapshot.qualified(); the manifest's keys are read through
+    canonical_table(), so a manifest written before names were quoted compares the same."""
     results, findings = [], []
-    for table, expected in sorted(manifest.table_rows.items()):
+    want_sums = {canonical_table(t): s for t, s in manifest.table_checksums.items()}
+    for table, expected in sorted((canonical_table(t), n) for t, n in manifest.table_rows.items()):
         actual = actual_rows.get(table)
-        want_sum = manifest.table_checksums.get(table)
+        want_sum = want_sums.get(table)
         got_sum = actual_checksums.get(table)
         checksum = "not checked" if want_sum is None or got_sum is None else ("match" if want_sum == got_sum else "mismatch")
         results.append(TableResult(table, expected, actual, checksum))

@@ -1,18 +1,26 @@
 """The verification report: the evidence kept for every verification, pass or fail.
 
-Reports live under ``_verifications/<target>/<backup_id>/<verified_at>.json`` in the backup
-store, beside the backups but outside their prefixes, so retention deleting a backup never
-deletes the evidence that it was verified.
+Reports live under ``_verifications/<target>/<backup_id>/<verified_at>-<nonce>.json`` in the
+store, outside the backup namespace, so retention deleting a backup never deletes the evidence
+that it was verified. Each is sealed (MAC under the backup key, bound to its backup) and written
+create-only with a nonce, so two verifications of one backup never overwrite each other and a
+report written by anyone without the key never counts.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from dataclasses import asdict, dataclass, field
 
+from dbops_pipelines.backup.crypto import BackupKey, open_record, seal_record
+from dbops_pipelines.errors import DbopsError
 from dbops_pipelines.storage.base import BackupStore
+from dbops_pipelines.storage.namespaces import VERIFICATIONS as REPORTS_PREFIX
 
-REPORTS_PREFIX = "_verifications/"
+FORMAT = "dbops-verification-report"
+FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -51,10 +59,18 @@ class VerificationReport:
     findings: list[Finding] = field(default_factory=list)
     sanity: list[dict] = field(default_factory=list)
 
+    nonce: str = field(default_factory=lambda: secrets.token_hex(4))
+
     @property
     def passed(self) -> bool:
-        """Verified: the backup came back complete and correct (warnings allowed)."""
+        """THE definition of "verified", used by the listing, retention, the Dagster check and the
+        staleness alert: the backup came back complete and correct. Warnings (an RTO over its
+        objective) are reported and alerted on their own, but do not un-verify a correct backup."""
         return not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity != "error"]
 
     @property
     def outcome(self) -> str:
@@ -75,7 +91,8 @@ class VerificationReport:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "VerificationReport":
-        raw = {k: v for k, v in raw.items() if k not in ("passed", "outcome")}
+        known = set(cls.__dataclass_fields__)  # fields added later are ignored
+        raw = {k: v for k, v in raw.items() if k in known}
         raw["tables"] = [TableResult(**t) for t in raw.get("tables", [])]
         raw["findings"] = [Finding(**f) for f in raw.get("findings", [])]
         return cls(**raw)
@@ -83,20 +100,43 @@ class VerificationReport:
 
 def report_key(report: VerificationReport) -> str:
     stamp = report.verified_at.replace(":", "").replace("-", "").split(".")[0].split("+")[0]
-    return f"{REPORTS_PREFIX}{report.target}/{report.backup_id}/{stamp}Z.json"
+    return f"{REPORTS_PREFIX}{report.target}/{report.backup_id}/{stamp}Z-{report.nonce}.json"
 
 
-def save_report(store: BackupStore, report: VerificationReport) -> str:
-    key = report_key(report)
-    store.put_bytes(key, json.dumps(report.to_dict(), indent=2, sort_keys=True).encode())
-    return key
+def save_report(store: BackupStore, report: VerificationReport, key: BackupKey) -> str:
+    """Create-only: a report is evidence and is never replaced."""
+    path = report_key(report)
+    body = json.dumps(report.to_dict(), indent=2, sort_keys=True).encode()
+    store.put_bytes(path, seal_record(key, FORMAT, FORMAT_VERSION, f"{report.target}/{report.backup_id}", body))
+    return path
 
 
-def latest_reports(store: BackupStore, target: str | None = None) -> dict[str, VerificationReport]:
-    """The newest report of every verified backup, by backup id."""
-    newest: dict[str, str] = {}
+_NAME = re.compile(r"\d{8}T\d{6}Z(-[0-9a-f]{8})?\.json")
+
+
+def summary(report: VerificationReport) -> dict:
+    """What the listing and retention carry of a backup's newest verification."""
+    return {"passed": report.passed, "outcome": report.outcome, "verified_at": report.verified_at,
+            "run_id": report.run_id, "rto_seconds": report.rto_seconds, "summary": report.summary()}
+
+
+def latest_reports(store: BackupStore, keys: list[BackupKey], target: str | None = None) -> dict[str, VerificationReport]:
+    """The newest *authenticated* report of every verified backup, by backup id. Reports that do
+    not authenticate for their place (unsigned, altered, copied, unknown key) are skipped."""
+    by_backup: dict[tuple[str, str], list[str]] = {}
     for obj in store.list(REPORTS_PREFIX + (f"{target}/" if target else "")):
-        parts = obj.key.split("/")
-        if len(parts) == 4 and parts[3].endswith(".json"):
-            newest[parts[2]] = max(newest.get(parts[2], ""), obj.key)
-    return {bid: VerificationReport.from_dict(json.loads(store.get_bytes(key))) for bid, key in newest.items()}
+        parts = obj.key[len(REPORTS_PREFIX):].split("/")
+        if len(parts) == 3 and _NAME.fullmatch(parts[2]):
+            by_backup.setdefault((parts[0], parts[1]), []).append(obj.key)
+    out: dict[str, VerificationReport] = {}
+    for (tgt, bid), paths in by_backup.items():
+        for path in sorted(paths, reverse=True):  # newest first; fall back past untrusted ones
+            try:
+                opened = open_record(store.get_bytes(path), keys, FORMAT, f"{tgt}/{bid}", f"verification report {path}")
+                report = VerificationReport.from_dict(json.loads(opened.body))
+            except (DbopsError, ValueError, TypeError):
+                continue
+            if (report.target, report.backup_id) == (tgt, bid):
+                out[bid] = report
+                break
+    return out

@@ -8,65 +8,96 @@ from datetime import datetime, timezone
 
 import psycopg
 
-from dbops_pipelines import fleet
 from dbops_pipelines.backup.catalog import BackupEntry, find_backup, list_backups
-from dbops_pipelines.backup.snapshot import content_checksum_sql, count_rows, schema_fingerprint, split_table, user_tables
-from dbops_pipelines.config import FleetConfig, VerificationSettings
+from dbops_pipelines.backup.snapshot import (QUOTED_NAMES, canonical_table, content_checksum_sql, count_rows, schema_fingerprint,
+                                             split_table, user_tables)
+from dbops_pipelines.config import VerificationSettings
+from dbops_pipelines.context import FleetContext
 from dbops_pipelines.redact import redact
-from dbops_pipelines.errors import DbopsError, EncryptionKeyError, IntegrityError, StorageError
+from dbops_pipelines.errors import (DbopsError, EncryptionKeyError, IntegrityError, RestoreFailed, StorageError,
+                                   VerificationNotRun)
 from dbops_pipelines.restore import restore_backup
-from dbops_pipelines.storage.base import BackupStore
+from dbops_pipelines.table_selection import create_schemas
 from dbops_pipelines.verification.compare import compare_fingerprints, compare_tables, rto_finding
 from dbops_pipelines.verification.report import Finding, VerificationReport, save_report
 from dbops_pipelines.verification.sanity import run_sanity_checks
 from dbops_pipelines.verification.scratch import ScratchDatabase, admin_dsn, scratch_name, server_label, sweep_stale
 
 
-def pick_backup(store: BackupStore, target: str, backup_id: str | None) -> BackupEntry:
+def pick_backup(ctx: FleetContext, target: str, backup_id: str | None) -> BackupEntry:
+    """The chosen backup, or the newest valid *full* one: a partial backup is not the target's
+    restore point (verify it by naming it)."""
     if backup_id:
-        entry = find_backup(store, backup_id)
+        try:
+            entry = find_backup(ctx.store, ctx.read_keys, backup_id, damaged_ok=True)
+        except EncryptionKeyError as exc:
+            raise VerificationNotRun(f"verification of {backup_id} not run: {exc.message}", exc.hint) from None
         if entry.target != target:
             raise StorageError(f"backup {backup_id} belongs to target {entry.target}, not {target}", f"run `dbops verify {entry.target} --backup {backup_id}`")
         return entry
-    valid = [e for e in list_backups(store, target) if e.valid]
-    if not valid:
-        raise StorageError(f"target {target} has no valid backup to verify", f"run `dbops backup {target}` first")
-    return valid[0]
+    entries = list_backups(ctx.store, ctx.read_keys, target)
+    # Damaged backups are verified too: their damage is exactly what verification must report.
+    full = [e for e in entries if e.manifest is not None and e.kind == "full"]
+    if not full and any(isinstance(e.error, EncryptionKeyError) for e in entries):
+        error = next(e.error for e in entries if isinstance(e.error, EncryptionKeyError))
+        raise VerificationNotRun(f"verification of {target} not run: {error.message}", error.hint)
+    if not full:
+        raise StorageError(f"target {target} has no valid full backup to verify",
+                           f"run `dbops backup {target}` first, or name a partial backup with --backup")
+    return full[0]
 
 
 def _restored_state(dsn: str, manifest) -> tuple[dict[str, int], dict[str, int], dict[str, str], dict]:
-    """(rows of manifest tables present, rows of tables the manifest does not count, checksums, fingerprint)."""
+    """(rows of manifest tables present, rows of tables the manifest does not count, checksums,
+    fingerprint), keyed by snapshot.qualified(); the fingerprint names objects as the manifest's does."""
+    expected = {canonical_table(t) for t in manifest.table_rows}
     with psycopg.connect(dsn) as conn:
         present = set(user_tables(conn))
-        rows = count_rows(conn, sorted(t for t in manifest.table_rows if t in present))
-        extra = count_rows(conn, sorted(present - set(manifest.table_rows)))
-        checksums = {t: conn.execute(content_checksum_sql(*split_table(t))).fetchone()[0]
-                     for t in manifest.table_checksums if t in present}
-        return rows, extra, checksums, schema_fingerprint(conn)
+        rows = count_rows(conn, sorted(expected & present))
+        extra = count_rows(conn, sorted(present - expected))
+        summed = {canonical_table(t) for t in manifest.table_checksums} & present
+        checksums = {t: conn.execute(content_checksum_sql(*split_table(t))).fetchone()[0] for t in sorted(summed)}
+        quoted = manifest.schema_fingerprint.get("names") == QUOTED_NAMES
+        return rows, extra, checksums, schema_fingerprint(conn, quoted)
 
 
 def _only_selected(fingerprint: dict, tables: list[str]) -> dict:
-    """A 'tables' backup restores just those tables: compare only what belongs to them."""
+    """A 'tables' backup restores just those tables: compare only what belongs to them. The
+    selection's keys and the fingerprint's names come from the same backup, so they agree on
+    quoting, and with quoting a table's objects are exactly the names that start with its key."""
     prefixes = tuple(f"{t}." for t in tables)
     keep = ("tables", "columns", "constraints", "policies")
     return {c: {n: d for n, d in fingerprint.get(c, {}).items() if n in tables or n.startswith(prefixes)} for c in keep}
 
 
 def verify_backup(
-    cfg: FleetConfig,
+    ctx: FleetContext,
     target: str,
     backup_id: str | None = None,
     run_id: str | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> VerificationReport:
-    """Never raises for a bad backup: every problem becomes a finding in a saved, failed report.
-    Raises only when no verification could be attempted (config, no backup, server unreachable)."""
+    """Never raises for a bad backup: every problem with the backup becomes a finding in a saved,
+    failed report. Raises VerificationNotRun (or another DbopsError) when the verification could
+    not be carried out (no key, no backup, server down, no CREATEDB, no client programs): an
+    operator's problem is never recorded as evidence against a backup."""
+    cfg = ctx.config
     settings = cfg.verification_for(target)
-    store = fleet.fleet_store(cfg)
-    manifest = pick_backup(store, target, backup_id).manifest
+    manifest = pick_backup(ctx, target, backup_id).manifest
+    try:
+        seal_key = ctx.write_key  # reports are sealed with it; check before any work
+        if manifest.key_id not in {k.key_id for k in ctx.read_keys}:
+            raise EncryptionKeyError(
+                f"backup {manifest.backup_id} was encrypted with key id {manifest.key_id}, which no configured key matches",
+                "set the key it was written with (encryption.key_env, or encryption.previous_key_envs after a rotation)")
+    except EncryptionKeyError as exc:
+        raise VerificationNotRun(f"verification of {manifest.backup_id} not run: {exc.message}", exc.hint) from None
     started = datetime.now(timezone.utc)
     admin = admin_dsn(cfg.target(target).dsn, settings.server_dsn)
-    swept = sweep_stale(admin, target, started)
+    try:
+        swept = sweep_stale(admin, target, started)
+    except DbopsError as exc:
+        raise VerificationNotRun(f"verification of {manifest.backup_id} not run: {exc.message}", exc.hint) from None
     for name in swept:
         log(f"dropped stale scratch database {name} left by an earlier run")
     name = scratch_name(target, started)
@@ -78,30 +109,35 @@ def verify_backup(
     log(f"verifying {manifest.backup_id} in scratch database {name} on {report.server}")
     try:
         with ScratchDatabase(admin, name) as scratch:
-            _restore_and_compare(cfg, store, settings, manifest, scratch, report, log)
+            _restore_and_compare(ctx, settings, manifest, scratch, report, log)
     except psycopg.Error as exc:
-        report.findings.append(Finding("restore", "error", manifest.backup_id, f"verification could not finish: {redact(str(exc)).strip()}"))
+        raise VerificationNotRun(f"verification of {manifest.backup_id} could not finish: {redact(str(exc)).strip()}",
+                                 "check that the verification server is up and the role may CREATE DATABASE; nothing was recorded") from None
     # Evidence is kept for every conclusion, pass or fail. A cancelled run raises past this line
     # and records nothing: it concluded nothing.
-    save_report(store, report)
+    save_report(ctx.store, report, seal_key)
     return report
 
 
-def _restore_and_compare(cfg: FleetConfig, store: BackupStore, settings: VerificationSettings, manifest,
+def _restore_and_compare(ctx: FleetContext, settings: VerificationSettings, manifest,
                          scratch: str, report: VerificationReport, log: Callable[[str], None]) -> None:
     target = manifest.target
     t0 = time.monotonic()
     try:
+        if manifest.kind == "tables":
+            create_schemas(scratch, manifest.selected_tables)  # pg_dump -t writes no CREATE SCHEMA
         # No GRANTs: a staging server need not have the production roles, and privileges are
         # not part of what verification compares.
-        restore_backup(store, manifest.backup_id, fleet.read_keys(cfg), scratch, jobs=settings.jobs, no_privileges=True,
-                       pg_bin_dir=cfg.defaults.pg_bin_dir, on_warning=lambda line: log(f"pg_restore: {line}"))
-    except (IntegrityError, EncryptionKeyError) as exc:
+        restore_backup(ctx.store, manifest, ctx.read_keys, scratch, jobs=settings.jobs, no_privileges=True,
+                       pg_bin_dir=ctx.config.defaults.pg_bin_dir, on_warning=lambda line: log(f"pg_restore: {line}"))
+    except IntegrityError as exc:
         report.findings.append(Finding("integrity", "error", manifest.backup_id, exc.message))
         return
-    except DbopsError as exc:
+    except RestoreFailed as exc:
         report.findings.append(Finding("restore", "error", manifest.backup_id, exc.message))
         return
+    except DbopsError as exc:  # no client programs, store unreachable...: nothing learnt about the backup
+        raise VerificationNotRun(f"verification of {manifest.backup_id} not run: {exc.message}", exc.hint) from None
     report.rto_seconds = round(time.monotonic() - t0, 3)
     log(f"restored in {report.rto_seconds:.1f} s; comparing with the manifest")
     rows, extra, checksums, fingerprint = _restored_state(scratch, manifest)

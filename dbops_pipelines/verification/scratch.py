@@ -54,7 +54,10 @@ def sweep_stale(admin: str, target: str, now: datetime, grace: timedelta = timed
         for (name,) in rows:
             created = _created_at(name)
             if created is not None and now - created >= grace:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                try:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                except psycopg.errors.InsufficientPrivilege:
+                    continue  # another role's leftover: its own verifications sweep it, not this one
                 dropped.append(name)
     return dropped
 
@@ -69,17 +72,43 @@ class ScratchDatabase:
         self._lease: psycopg.Connection | None = None
 
     def __enter__(self) -> str:
-        with connect(self.admin, "verification server", retries=1, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.name)))
-        dsn = with_dbname(self.admin, self.name)
-        self._lease = psycopg.connect(dsn, application_name="dbops verification lease")
-        return dsn
+        created = False  # CREATE sent: from then on it may exist, even if we never hear back
+        try:
+            with connect(self.admin, "verification server", retries=1, autocommit=True) as conn:
+                created = True
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.name)))
+            dsn = with_dbname(self.admin, self.name)
+            self._lease = psycopg.connect(dsn, application_name="dbops verification lease")
+            return dsn
+        except psycopg.errors.DuplicateDatabase:
+            raise  # another run's database: not ours to drop
+        except BaseException as exc:
+            # Failing or interrupted (Ctrl-C, SIGTERM) here, the caller's `with` never reaches
+            # __exit__: drop what CREATE may already have committed.
+            if created:
+                self._drop_quietly(exc)
+            raise
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self._lease is not None:
             self._lease.close()
-        with connect(self.admin, "verification server", retries=2, autocommit=True) as conn:
+        if exc is None:
+            self._drop()
+        else:
+            self._drop_quietly(exc)
+
+    def _drop(self, retries: int = 2) -> None:
+        with connect(self.admin, "verification server", retries=retries, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+
+    def _drop_quietly(self, cause: BaseException) -> None:
+        """Drop while ``cause`` is propagating: a failure to drop must not replace it (the
+        operator needs the first error). Nobody holds the lease any more, so sweep_stale drops
+        the database on the next run."""
+        try:
+            self._drop(retries=1)
+        except BaseException:  # noqa: BLE001 - a failed drop, or a second interrupt: the cause goes on
+            cause.add_note(f"scratch database {self.name} could not be dropped now; the next verification sweeps it")
 
 
 def server_label(dsn: str) -> str:

@@ -1,0 +1,68 @@
+"""redact(): every form libpq accepts a password in is hidden, and nothing that is not a password is."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from dbops_pipelines.redact import redact
+
+SECRET = "s3cr3t"
+
+
+@pytest.mark.parametrize("dsn", [
+    f"postgresql://u:{SECRET}@h:5432/db",
+    f"postgres://u:{SECRET}@h/db",
+    f"postgresql://u:{SECRET}%40x%2Fy@h/db",        # percent-encoded @ and / in the password
+    f"postgresql://u:{SECRET}@x@h/db",               # a raw '@': libpq reads up to the last one
+    f"postgresql://u:{SECRET}?x@h/db",               # a raw '?': still userinfo for libpq
+    f"postgresql://h/db?password={SECRET}",
+    f"postgresql://h/db?pass%77ord={SECRET}",        # libpq percent-decodes query keys
+    f"postgresql://h/db?sslpassword={SECRET}",
+    f"host=h password={SECRET} dbname=db",
+    f"host=h password = '{SECRET} with spaces' dbname=db",
+    f"host=h password='{SECRET}\\' quoted\\\\' dbname=db",   # escaped quote and backslash
+    f"host=h password={SECRET}\\ escaped\\ space dbname=db",
+])
+def test_every_libpq_password_form_is_hidden(dsn):
+    # The forms are real: libpq parses each to a password containing the secret.
+    info = conninfo_to_dict(dsn)
+    assert SECRET in (info.get("password") or info.get("sslpassword") or "")
+    out = redact(dsn)
+    assert SECRET not in out and "***" in out
+    assert "with spaces" not in out and "quoted" not in out and "escaped" not in out and "space" not in out
+
+
+def test_what_follows_a_password_survives():
+    assert redact(f"host=h password = '{SECRET} x' dbname=db") == "host=h password = *** dbname=db"
+    assert redact(f"postgresql://u:{SECRET}@h:5432/db?sslmode=require") == "postgresql://u:***@h:5432/db?sslmode=require"
+    assert redact(f"postgresql://h/db?password={SECRET}&sslmode=require") == "postgresql://h/db?password=***&sslmode=require"
+    assert redact(f"postgresql://h/db?password={SECRET}&sslmode=require") == "postgresql://h/db?password=***&sslmode=require"
+
+
+@pytest.mark.parametrize("text", [
+    f"connection to postgresql://u:{SECRET}@h/db failed: timeout",
+    f"pg_restore: error: connection to server failed (host=h password='{SECRET} x')",
+    f"unterminated: host=h password='{SECRET} and the rest",
+    f"PGPASSWORD={SECRET} pg_dump -h h",
+    # libpq's keys are case-sensitive, so these fail to parse, but the text holds a secret all the same
+    f"invalid URI query parameter: \"PassWord\" in postgresql://h/db?sslmode=require&PassWord={SECRET}&x=1",
+    f"invalid connection option \"PASSWORD\" in host=h PASSWORD={SECRET}",
+    f"{{'host': 'h', 'password': '{SECRET}'}}",
+    f'{{"password": "{SECRET} x", "host": "h"}}',
+    f"two: postgresql://a:{SECRET}@h/x and postgresql://b:{SECRET}@k/y",
+])
+def test_passwords_inside_messages_are_hidden(text):
+    assert SECRET not in redact(text)
+
+
+@pytest.mark.parametrize("text", [
+    "postgresql://u@h:5432/db",
+    "postgresql://h:5432,h2:5433/db?sslmode=require&application_name=nightly",
+    "host=h user=password_owner dbname=db",
+    "mypassword=1 old_password=2",
+    "pg_dump: dumping contents of table public.passwords",
+    "postgresql://h/db?options=-c%20x%3Dy",
+])
+def test_text_without_a_password_is_unchanged(text):
+    assert redact(text) == text
