@@ -19,7 +19,7 @@ from dbops_pipelines.context import FleetContext
 from dbops_pipelines.backup.catalog import find_backup, list_backups
 from dbops_pipelines.backup.engine import run_backup
 from dbops_pipelines.config import load_config
-from dbops_pipelines.errors import BackupFailed, ConfigError, EncryptionKeyError, IntegrityError, StorageError
+from dbops_pipelines.errors import BackupFailed, ConfigError, EncryptionKeyError, IntegrityError, RestoreFailed, StorageError
 from dbops_pipelines.localdev.seaweed import SeaweedServer
 from dbops_pipelines.restore import restore_backup
 from dbops_pipelines.storage.local import LocalStore
@@ -220,7 +220,7 @@ def test_rotated_key_still_reads_old_backups(stored_backup, write_config, sample
 def test_restore_into_non_empty_database_fails_and_rolls_back(stored_backup, pg_cluster, fresh_db):
     cfg, manifest, _ = stored_backup
     pg_cluster.execute("CREATE TABLE vendors (id int)", dbname=fresh_db)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(RestoreFailed) as err:
         restore_backup(FleetContext(cfg).store, manifest, FleetContext(cfg).read_keys, pg_cluster.dsn(fresh_db))
     assert "rolled back" in str(err.value) and "--clean" in str(err.value)
     assert _tables_in(pg_cluster, fresh_db) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import botocore.exceptions
 import pytest
 from botocore.exceptions import ClientError
 
@@ -49,7 +50,7 @@ def test_seaweed_kill_then_restart_serves_same_endpoint(seaweed, s3_bucket):
 
     seaweed.kill()
     assert not seaweed.is_running()
-    with pytest.raises(Exception):  # connection refused surfaces as EndpointConnectionError
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):  # connection refused
         s3.get_object(Bucket=s3_bucket, Key="before")
 
     seaweed.restart()
