@@ -15,10 +15,12 @@ import signal
 import sys
 import time
 import traceback
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 
 from dbops_pipelines import fleet
+from dbops_pipelines.alerts.board import BOARD_KEY, STALE_AFTER_INTERVALS, read_open_alerts
 from dbops_pipelines.backup.catalog import find_backup
 from dbops_pipelines.backup.migrate import migrate_target
 from dbops_pipelines.backup.crypto import generate_key
@@ -160,9 +162,12 @@ def cmd_verify(args) -> int:
             print(f"  sanity {s['name']}: {'ok' if s['passed'] else 'FAILED'} (value {s['value']!r}, expected {s['expect']!r})")
         for f in report.findings:
             print(f"  {f.severity.upper()}: {f.message}")
+        if report.server_notice:  # about where it ran, not the backup: the exit code does not change
+            print(f"  WARNING: {redact(report.server_notice)}")
         rto = f"{report.rto_seconds:.1f} s" if report.rto_seconds is not None else "n/a"
+        role = f" ({report.server_role.replace('_', ' ')})" if report.server_role else ""
         print(f"{report.summary()}\n  RTO {rto} (objective {report.rto_objective_seconds} s), scratch database "
-              f"{report.scratch_database} on {report.server} dropped")
+              f"{report.scratch_database} on {report.server}{role} dropped")
     return 0 if report.passed else 1
 
 
@@ -193,6 +198,72 @@ def cmd_store_migrate(args) -> int:
             failed = True
             print(f"  left {bid}: {redact(why)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _age(d: timedelta) -> str:
+    s = max(0.0, d.total_seconds())   # a clock a little ahead of the sensor's is not a negative age
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.0f} min"
+    if s < 48 * 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+_SENSOR_HINT = ("turn on dbops_alerts in the Dagster UI (Automation) and check that the Dagster daemon runs "
+                "(Deployment -> Daemons); if it is on, its tick log says why its ticks fail")
+
+
+def cmd_alerts(args) -> int:
+    """Open alerts as the alert sensor last published them (the board in the store), most severe
+    and oldest first. Exit 0: no open alert and the sensor is publishing; 1: an alert is open, or
+    the board is missing or stale (the sensor does not appear to be running)."""
+    ctx = _context(args)
+    now = datetime.now(timezone.utc)
+    try:
+        board = read_open_alerts(ctx.store)
+    except DbopsError as exc:
+        if not args.json:
+            raise
+        print(json.dumps({"published_at": None, "published_seconds_ago": None, "sensor_interval_seconds": None,
+                          "sensor_running": None, "problem": redact(exc.message), "what_to_do": exc.hint,
+                          "alerts": []}, indent=2))
+        return 1
+    if board is None:
+        problem = (f"no alert board at {ctx.store.location(BOARD_KEY)}: the alert sensor does not appear to be "
+                   "running (it has never published to this store), so open alerts cannot be listed")
+    elif board.is_stale(now):
+        problem = (f"the alert board was last published {_age(board.age(now))} ago, more than {STALE_AFTER_INTERVALS}x "
+                   f"the sensor interval ({board.sensor_interval_seconds} s): the alert sensor does not appear to be "
+                   "running, so this list may be out of date")
+    else:
+        problem = None
+    alerts = board.alerts if board else ()
+    if args.json:
+        print(json.dumps({
+            "published_at": board.published_at.isoformat() if board else None,
+            "published_seconds_ago": round(board.age(now).total_seconds(), 1) if board else None,
+            "sensor_interval_seconds": board.sensor_interval_seconds if board else None,
+            "sensor_running": problem is None,
+            "problem": problem, "what_to_do": _SENSOR_HINT if problem else None,
+            "alerts": [{**a.to_dict(), "age_seconds": round(a.age(now).total_seconds(), 1)} for a in alerts],
+        }, indent=2))
+    elif board is not None:
+        if alerts:
+            width = max(6, *(len(a.target) for a in alerts))
+            print(f"{'SEVERITY':<9} {'AGE':>8}  {'TARGET':<{width}}  TITLE")
+            for a in alerts:
+                print(f"{a.severity.upper():<9} {_age(a.age(now)):>8}  {a.target:<{width}}  {a.title}")
+                if a.run_url:
+                    print(f"{'':<9} {'':>8}  {'':<{width}}  {a.run_url}")
+        else:
+            print("no open alerts")
+        print(f"(published by the alert sensor {_age(board.age(now))} ago, at "
+              f"{board.published_at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC)")
+    if problem and not args.json:
+        print(f"{'warning' if board else 'error'}: {problem}\n  what to do: {_SENSOR_HINT}", file=sys.stderr)
+    return 1 if problem or alerts else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--dry-run", action="store_true", help="show the plan, delete nothing")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(func=cmd_retention)
+
+    al = sub.add_parser("alerts", help="list open alerts with their age, as the alert sensor last published them",
+                        epilog="exit status: 0 no open alert; 1 an alert is open, or the alert sensor does not "
+                               "appear to be running (no board, or one older than 3 sensor intervals)")
+    al.add_argument("--json", action="store_true")
+    al.set_defaults(func=cmd_alerts)
 
     st = sub.add_parser("store", help="maintain the store").add_subparsers(dest="sub", required=True)
     mg = st.add_parser("migrate", help="move backups from the pre-0.2 layout (<target>/<id>/) under backups/")

@@ -13,6 +13,8 @@ credentials from boto3's usual chain, alert sink secrets from variables named by
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -23,9 +25,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dbops_pipelines.backup.retention import RetentionPolicy
-from dbops_pipelines.config_legacy import as_written, migrate, warn_moves
+from dbops_pipelines.config_legacy import DEFAULTS_MOVES, TARGET_MOVES, as_written, migrate, warn_moves
 from dbops_pipelines.config_sinks import AlertSettings, SinkSettings  # noqa: F401  (re-exported)
 from dbops_pipelines.errors import ConfigError
+from dbops_pipelines.pgtools import InvalidDsn, dsn_fields
 from dbops_pipelines.redact import redact
 
 DEFAULT_CONFIG_PATH = "dbops.yaml"
@@ -39,7 +42,8 @@ class _Strict(BaseModel):
 
 
 def _check_dsn(v: str) -> str:
-    """A DSN libpq can parse, that names something, and holds no password. Messages never echo it."""
+    """A DSN libpq can parse (pgtools.dsn_fields, the one DSN parser), that names something, and
+    holds no password. Messages never echo it, nor any part of it."""
     if not v.strip():
         raise ValueError("the DSN is empty: libpq would connect wherever its defaults point; write "
                          "postgresql://user@host:port/dbname")
@@ -47,16 +51,15 @@ def _check_dsn(v: str) -> str:
         raise ValueError("the DSN contains a password; remove it and supply it through PGPASSWORD or a PGPASSFILE")
     scheme = re.match(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://", v)
     if scheme and scheme[1].lower() not in ("postgresql", "postgres"):
+        # libpq would read it as a key=value string and quote all of it back
         raise ValueError(f"the DSN scheme is {scheme[1]!r}; use postgresql://user@host:port/dbname")
     try:
-        info = conninfo_to_dict(v)
-    except Exception as exc:  # noqa: BLE001 - psycopg raises ProgrammingError; its text may quote a fragment
-        reason = re.sub(r'after "[^"]*"', "after a word", str(exc).strip().splitlines()[0])
-        raise ValueError(f"libpq cannot parse the DSN ({redact(reason)})") from None
+        info = dsn_fields(v)
+    except InvalidDsn as exc:
+        raise ValueError("the DSN's port is not a number from 1 to 65535" if exc.port is not None
+                         else f"libpq cannot parse the DSN ({exc.reason.removeprefix('libpq cannot parse it: ')})") from None
     if not any(info.get(k) for k in ("host", "hostaddr", "dbname", "service")):
         raise ValueError("the DSN names no host, database or service; write postgresql://user@host:port/dbname")
-    if info.get("port") and not all(p.isdigit() for p in str(info["port"]).split(",")):
-        raise ValueError("the DSN's port is not a number")
     return v
 
 
@@ -107,6 +110,9 @@ class VerificationSettings(_Strict):
     """Every key optional: a target's block overrides `defaults.verification` key by key."""
 
     server_dsn: Dsn | None = None       # a staging server; default: the target's own server
+    # Restoring on the target's own server (no server_dsn) puts a whole restore's load on it; every
+    # verification warns about it unless this says it is deliberate. Reports record it either way.
+    same_server_on_purpose: bool | None = None              # default false
     schedule: str | None = None         # default "0 4 * * 0" (Sunday 04:00)
     timezone: str | None = None
     rto_objective_seconds: int | None = Field(None, ge=1)   # default 4 h
@@ -118,7 +124,7 @@ class VerificationSettings(_Strict):
 
 VERIFICATION_DEFAULTS = VerificationSettings(
     schedule="0 4 * * 0", timezone="UTC", rto_objective_seconds=4 * 3600,
-    checksum_max_bytes=16 << 20, jobs=1, sanity_checks=[], max_age_days=8,
+    checksum_max_bytes=16 << 20, jobs=1, sanity_checks=[], max_age_days=8, same_server_on_purpose=False,
 )
 
 
@@ -146,6 +152,22 @@ class BackupDefaults(_Strict):
     retry_delay_seconds: int = Field(60, ge=0)       # doubled on every retry
 
 
+def _reads_flat_names(moves: dict[str, str]):
+    """Class decorator: every flat name of earlier releases in ``moves`` (config_legacy's list:
+    ``kind`` -> ``backup.kind``, ``server`` -> ``cluster``) becomes a read-only property reading
+    its new place, so code written against the flat shape keeps working. One list serves both
+    the migration of old files and these names."""
+
+    def add(cls: type[BaseModel]) -> type[BaseModel]:
+        for old, new in moves.items():
+            path = new.split(".")
+            setattr(cls, old, property(lambda self, path=path: functools.reduce(getattr, path, self),
+                                       doc=f"{new} (its flat name of earlier releases)"))
+        return cls
+
+    return add
+
+
 class FeatureSettings(_Strict):
     """stats, gdpr, wal, audit: accepted and validated now, read by those features when they land."""
 
@@ -165,12 +187,13 @@ class ClusterSettings(_Strict):
     """clusters.<name>: one PostgreSQL server: what belongs to it rather than to one database."""
 
     dsn: Dsn | None = None          # the server itself (maintenance database), for server-level features
-    # Runs at once against this server, i.e. the limit of Dagster pool pg_server_<name>. Not applied
-    # by the Dagster layer yet: until it is, operators set it with `dagster instance concurrency set`.
+    # Runs at once against this server: the limit of Dagster pool pg_server_<name>, written into the
+    # instance by the dbops_pool_limits sensor (defs/pools.py).
     pool_limit: int | None = Field(None, ge=1)
     roles: RoleSettings = RoleSettings()         # defaults for every target on this cluster
 
 
+@_reads_flat_names(TARGET_MOVES)
 class TargetSettings(_Strict):
     dsn: Dsn                            # the backup reader; no password
     cluster: str | None = None          # a key of `clusters`; default: host:port of the DSN
@@ -182,31 +205,14 @@ class TargetSettings(_Strict):
     wal: FeatureSettings | None = None
     audit: FeatureSettings | None = None
 
-    # The flat names the rest of the code (and earlier releases) read.
-    kind = property(lambda self: self.backup.kind)
-    tables = property(lambda self: self.backup.tables)
-    exclude_table_data = property(lambda self: self.backup.exclude_table_data)
-    schedule = property(lambda self: self.backup.schedule)
-    timezone = property(lambda self: self.backup.timezone)
-    retention = property(lambda self: self.backup.retention)
-    rpo_hours = property(lambda self: self.backup.rpo_hours)
-    server = property(lambda self: self.cluster)
 
-
+@_reads_flat_names(DEFAULTS_MOVES)
 class Defaults(_Strict):
     connect_retries: int = Field(3, ge=0)     # quick reconnects inside one attempt
     owners: list[str] = ["team:dbops"]
     pg_bin_dir: str | None = None
     backup: BackupDefaults = BackupDefaults()
     verification: VerificationSettings = VerificationSettings()
-
-    schedule = property(lambda self: self.backup.schedule)
-    timezone = property(lambda self: self.backup.timezone)
-    retention = property(lambda self: self.backup.retention)
-    rpo_hours = property(lambda self: self.backup.rpo_hours)
-    compression_level = property(lambda self: self.backup.compression_level)
-    run_retries = property(lambda self: self.backup.run_retries)
-    retry_delay_seconds = property(lambda self: self.backup.retry_delay_seconds)
 
 
 def _layered(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
@@ -333,19 +339,25 @@ def config_path() -> Path:
 
 
 def load_config(path: str | Path | None = None) -> FleetConfig:
+    return load_config_snapshot(path)[0]
+
+
+def load_config_snapshot(path: str | Path | None = None) -> tuple[FleetConfig, str]:
+    """The config and the sha256 of the exact bytes it was parsed from (read once)."""
     path = Path(path) if path else config_path()
     if not path.exists():
         raise ConfigError(
             f"config file {path} not found",
             "create it (see docs/configuration.md) or point DBOPS_CONFIG at it",
         )
+    data = path.read_bytes()
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        raw = yaml.load(data.decode("utf-8", errors="replace"), Loader=_UniqueKeyLoader) or {}
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc.message}", exc.hint) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {redact(str(exc))}", "fix the syntax error") from None
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=str(path)), hashlib.sha256(data).hexdigest()
 
 
 def _problem(e: dict, moves: list[tuple[str, str]]) -> str:
@@ -374,4 +386,6 @@ def parse_config(raw: dict, source: str = "config") -> FleetConfig:
         if not loc.startswith("/"):
             base = Path(source).resolve().parent
             cfg.storage.url = "file://" + str((base / loc).resolve())
+    if source != "config":
+        cfg.alerts.resolve_paths(Path(source).resolve().parent)   # file sinks' relative paths, likewise
     return cfg

@@ -10,6 +10,7 @@ be copied into an error, a log line or the Dagster UI.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
@@ -135,8 +136,39 @@ class PagerDutySinkSettings(_SinkBase):
         return _plain_url(v, "the routing key comes from routing_key_env, never from the URL")
 
 
+class FileSinkSettings(_SinkBase):
+    """A local file, one JSON line appended per notification: alerts an operator can read (`tail -f`)
+    without any service. A relative ``path`` is relative to the folder of dbops.yaml."""
+
+    kind: Literal["file"]
+    path: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_timeout(cls, raw):
+        if isinstance(raw, dict) and "timeout" in raw:
+            raise ValueError("`timeout` does not apply to a file sink: remove it")
+        return raw
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if "\0" in v or not v.strip():
+            raise ValueError("path must name a file, e.g. alerts.jsonl or /var/log/dbops/alerts.jsonl")
+        if v.endswith("/"):
+            raise ValueError("path names a folder: name the file in it, e.g. alerts.jsonl")
+        if v.startswith("~"):
+            raise ValueError("~ is not expanded (the daemon may run as another user): write the absolute path")
+        return v
+
+    def resolved(self, base_dir: Path) -> "FileSinkSettings":
+        """These settings with a relative ``path`` made absolute against ``base_dir``."""
+        path = Path(self.path)
+        return self if path.is_absolute() else self.model_copy(update={"path": str((base_dir / path).resolve())})
+
+
 SinkSettings = Annotated[
-    Union[SlackSinkSettings, WebhookSinkSettings, EmailSinkSettings, PagerDutySinkSettings],
+    Union[SlackSinkSettings, WebhookSinkSettings, EmailSinkSettings, PagerDutySinkSettings, FileSinkSettings],
     Field(discriminator="kind"),
 ]
 
@@ -147,3 +179,8 @@ class AlertSettings(BaseModel):
     reminder_minutes: int = Field(240, ge=1)      # an open alert is repeated this often, not every tick
     sensor_interval_seconds: int = Field(30, ge=5)
     sinks: list[SinkSettings] = []
+
+    def resolve_paths(self, base_dir: Path) -> None:
+        """Make the relative paths of file sinks absolute against ``base_dir`` (the folder of
+        dbops.yaml), as storage.url's relative file:// paths are."""
+        self.sinks = [s.resolved(base_dir) if isinstance(s, FileSinkSettings) else s for s in self.sinks]

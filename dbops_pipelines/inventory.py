@@ -4,7 +4,6 @@ core packages imports the other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from dbops_pipelines.backup.catalog import BackupEntry, group_objects, list_backups, read_entry
@@ -22,28 +21,22 @@ def inventory(ctx: FleetContext, target: str | None = None, now: datetime | None
             for e in list_backups(ctx.store, keys, target, now)]
 
 
-@dataclass(frozen=True)
-class LastGood:
-    """What the staleness alerts judge, from what actually exists in the store (backups made by
-    the CLI count; a partial backup does not reset a full backup's RPO clock)."""
-
-    target: str
-    last_full_backup_at: datetime | None
-    last_verified_at: datetime | None
-
-
-def last_good(ctx: FleetContext, target: str, now: datetime | None = None) -> LastGood:
-    """Reads manifests newest first and stops at the first valid full backup, so a tick costs one
-    listing and a few small reads per target, not every manifest."""
+def last_full_backup_at(ctx: FleetContext, target: str, now: datetime | None = None) -> datetime | None:
+    """When the newest valid *full* backup of ``target`` finished, from what exists in the store
+    (backups made by the CLI count; a partial backup does not reset a full backup's RPO clock).
+    Reads manifests newest first and stops at the first valid full one, so an alert tick costs
+    one listing and a few small reads per target, not every manifest."""
     now = now or datetime.now(timezone.utc)
     keys = ctx.read_keys
     groups = sorted(group_objects(ctx.store.list(backups_of(target))).items(), key=lambda kv: kv[0][1], reverse=True)
-    last_backup = None
     for (tgt, bid), objs in groups:
         entry = read_entry(ctx.store, keys, tgt, bid, parse_backup_id(bid)[1], objs, now)
         if entry.valid and entry.kind == "full":
-            last_backup = datetime.fromisoformat(entry.manifest.finished_at)
-            break
-    passing = [r for r in latest_reports(ctx.store, keys, target).values() if r.passed]
-    last_verified = max((datetime.fromisoformat(r.verified_at) for r in passing), default=None)
-    return LastGood(target, last_backup, last_verified)
+            return datetime.fromisoformat(entry.manifest.finished_at)
+    return None
+
+
+def last_verified_at(ctx: FleetContext, target: str) -> datetime | None:
+    """When the newest authenticated verification report of ``target`` that passed was made."""
+    passing = [r for r in latest_reports(ctx.store, ctx.read_keys, target).values() if r.passed]
+    return max((datetime.fromisoformat(r.verified_at) for r in passing), default=None)

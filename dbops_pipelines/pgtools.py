@@ -17,7 +17,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import BackupFailed, DatabaseUnreachable, DbopsError
+from dbops_pipelines.retry import retry_call
 
 DEBIAN_PG_ROOT = Path("/usr/lib/postgresql")
 
@@ -100,20 +100,45 @@ _DSN_HINT = ("write postgresql://user@host:port/dbname or 'host=... port=... dbn
              "spaces: password='a b'); better, leave the password out and export PGPASSWORD")
 
 
-def parse_dsn(dsn: str, what: str, error: type[DbopsError] = BackupFailed) -> dict[str, str]:
-    """conninfo_to_dict, plus the port check libpq only makes when connecting. The message never
-    holds the password: libpq's own can quote a fragment of it (``missing "=" after "b"`` for
-    ``password=a b``), so it is withheld whenever the string carries one."""
+class InvalidDsn(ValueError):
+    """A connection string libpq refuses, or whose port is not a port. Its text is safe to show:
+    never the password, never a part of the string libpq quotes. ``port`` is the bad port value
+    (the only part of the string it names), None for a syntax error."""
+
+    def __init__(self, reason: str, port: str | None = None):
+        super().__init__(reason)
+        self.reason, self.port = reason, port
+
+
+def _libpq_reason(message: str) -> str:
+    """libpq's reason for refusing a connection string, without the parts of the string it quotes
+    (``missing "=" after "s3cret"``, ``... in URI: "postgresql://..."``): a word it quotes may
+    be a password written without its key. Single punctuation marks ("=", "]") stay."""
+    first = message.strip().splitlines()[0] if message.strip() else "no reason given"
+    return re.sub(r'"([^"]*)"', lambda m: m[0] if len(m[1]) == 1 and not m[1].isalnum() else "[withheld]", first)
+
+
+def dsn_fields(dsn: str) -> dict[str, str]:
+    """The one DSN parser: conninfo_to_dict (URL or key=value form), plus the port check libpq
+    only makes when connecting; raises InvalidDsn. Whenever the string carries a password,
+    libpq's reason is withheld altogether (its text can hold a fragment of it even unquoted)."""
     try:
         info = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        detail = ("libpq's details are withheld: they can quote part of the password" if redact(dsn) != dsn
-                  else redact(str(exc).strip().splitlines()[0]))
-        raise error(f"{what} is not a valid connection string ({detail})", _DSN_HINT) from None
+        raise InvalidDsn("libpq's details are withheld: they can quote part of the password" if redact(dsn) != dsn
+                         else f"libpq cannot parse it: {redact(_libpq_reason(str(exc)))}") from None
     ports = str(info.get("port") or "")
     if not all(not p or (p.isdigit() and 0 < int(p) < 65536) for p in ports.split(",")):
-        raise error(f"{what} is not a valid connection string (port {ports!r} is not a number from 1 to 65535)", _DSN_HINT)
+        raise InvalidDsn(f"port {redact(ports)!r} is not a number from 1 to 65535", ports)
     return info
+
+
+def parse_dsn(dsn: str, what: str, error: type[DbopsError] = BackupFailed) -> dict[str, str]:
+    """``dsn_fields``, failing with ``error`` that names ``what`` the string is (e.g. "--to")."""
+    try:
+        return dsn_fields(dsn)
+    except InvalidDsn as exc:
+        raise error(f"{what} is not a valid connection string ({exc.reason})", _DSN_HINT) from None
 
 
 def password_to_env(dsn: str, error: type[DbopsError] = BackupFailed) -> tuple[str, dict[str, str]]:
@@ -127,29 +152,33 @@ def password_to_env(dsn: str, error: type[DbopsError] = BackupFailed) -> tuple[s
     return make_conninfo("", **info), {**os.environ, "PGPASSWORD": password}
 
 
+def _login_refused(exc: Exception) -> bool:
+    return "authentication failed" in str(exc) or "no password supplied" in str(exc)
+
+
 def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0,
             error: type[DbopsError] = BackupFailed, **kwargs) -> psycopg.Connection:
-    """Connect with retries and exponential backoff; transient outages and restarts are common.
-    ``error`` is raised for a malformed DSN or a refused login (no retry helps either)."""
+    """Connect with ``retries`` retries and exponential backoff (retry.py); transient outages
+    and restarts are common. ``error`` is raised for a malformed DSN or a refused login: no
+    retry helps either, and retrying a wrong password only locks accounts and delays the message."""
     parse_dsn(dsn, f"the DSN of {label}", error)  # psycopg's own message could quote the password
-    last: Exception | None = None
-    for attempt in range(retries + 1):
-        try:
-            return psycopg.connect(dsn, connect_timeout=10, application_name="dbops", **kwargs)
-        except psycopg.OperationalError as exc:
-            last = exc
-            if "authentication failed" in str(exc) or "no password supplied" in str(exc):
-                # Retrying a wrong password only locks accounts and delays the real message.
-                raise error(
-                    f"{label} ({redact(dsn)}) refused the login: {redact(str(exc).strip())}",
-                    "check the user and the password (PGPASSWORD or PGPASSFILE) for this target",
-                ) from None
-            if attempt < retries:
-                time.sleep(backoff * 2**attempt)
-    raise DatabaseUnreachable(
-        f"cannot connect to {label} ({redact(dsn)}) after {retries + 1} attempt{'s' if retries else ''}: {redact(str(last).strip())}",
-        "check that the server is up and reachable, and the user/password (PGPASSWORD or PGPASSFILE) are right",
-    )
+    try:
+        return retry_call(
+            lambda: psycopg.connect(dsn, connect_timeout=10, application_name="dbops", **kwargs),
+            attempts=retries + 1, backoff_seconds=backoff,
+            retry_on=(psycopg.OperationalError,), give_up_on=_login_refused,
+        )
+    except psycopg.OperationalError as exc:
+        if _login_refused(exc):
+            raise error(
+                f"{label} ({redact(dsn)}) refused the login: {redact(str(exc).strip())}",
+                "check the user and the password (PGPASSWORD or PGPASSFILE) for this target",
+            ) from None
+        raise DatabaseUnreachable(
+            f"cannot connect to {label} ({redact(dsn)}) after {retries + 1} attempt{'s' if retries else ''}: "
+            f"{redact(str(exc).strip())}",
+            "check that the server is up and reachable, and the user/password (PGPASSWORD or PGPASSFILE) are right",
+        ) from None
 
 
 class StderrCollector:

@@ -58,7 +58,7 @@ from pathlib import Path  # noqa: E402
 import yaml  # noqa: E402
 
 from dbops_pipelines.backup.crypto import key_from_env  # noqa: E402
-from dbops_pipelines.config import load_config  # noqa: E402
+from dbops_pipelines.config import BackupDefaults, load_config  # noqa: E402
 from dbops_pipelines.sample.appdb import build_sample_database  # noqa: E402
 
 SAMPLE_ROWS = 2000
@@ -87,6 +87,17 @@ def s3_env(seaweed, monkeypatch):
     return seaweed
 
 
+def _defaults_in_todays_shape(given: dict) -> dict:
+    """`defaults` as today's shape writes it: no retries or waits in tests, and the backup keys a
+    test gives flat (`retention`, `run_retries`, ...) moved under `defaults.backup`, so a test
+    config never loads with the flat shape's DeprecationWarning."""
+    given = dict(given)
+    backup = {"run_retries": 0, "retry_delay_seconds": 0, **given.pop("backup", {})}
+    for key in [k for k in given if k in BackupDefaults.model_fields]:
+        backup[key] = given.pop(key)
+    return {"connect_retries": 1, **given, "backup": backup}
+
+
 @pytest.fixture
 def write_config(tmp_path, backup_key, monkeypatch):
     """Factory: write a dbops.yaml (targets -> dsn, storage url) and point DBOPS_CONFIG at it."""
@@ -95,7 +106,7 @@ def write_config(tmp_path, backup_key, monkeypatch):
         raw = {
             "storage": storage or {"url": f"file://{tmp_path / 'store'}"},
             "encryption": extra.pop("encryption", {"key_env": KEY_ENV}),
-            "defaults": {"connect_retries": 1, "run_retries": 0, "retry_delay_seconds": 0, **extra.pop("defaults", {})},
+            "defaults": _defaults_in_todays_shape(extra.pop("defaults", {})),
             "targets": {name: ({"dsn": t} if isinstance(t, str) else t) for name, t in targets.items()},
             **extra,
         }

@@ -1,17 +1,12 @@
-"""Test helper: drive a running Dagster webserver through its GraphQL API, as the UI does."""
+"""Test helper: drive a running Dagster webserver through its GraphQL API, as the UI does. The
+GraphQL calls themselves live in dbops_pipelines.localdev.dagster_graphql, which the demo uses."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
-
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    req = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.load(resp)["data"]
+from dbops_pipelines.localdev.dagster_graphql import (FINISHED, graphql, launch_job,  # noqa: F401  (re-exported)
+                                                      location_name, run_status)
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -24,23 +19,5 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def location_name(url: str) -> str:
-    loc = graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }")
-    return loc["workspaceOrError"]["locationEntries"][0]["name"]
-
-
-def launch_job(url: str, job: str) -> str:
-    launched = graphql(url, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
-            __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }""",
-                       {"p": {"selector": {"repositoryLocationName": location_name(url), "repositoryName": "__repository__",
-                                           "jobName": job}, "runConfigData": {}}})
-    assert launched["launchRun"]["__typename"] == "LaunchRunSuccess", launched
-    return launched["launchRun"]["run"]["runId"]
-
-
-def run_status(url: str, run_id: str) -> str:
-    return graphql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id})["runOrError"]["status"]
-
-
 def wait_for_run(url: str, run_id: str, timeout: float = 180) -> str:
-    return wait_for(lambda: (s := run_status(url, run_id)) in ("SUCCESS", "FAILURE", "CANCELED") and s, timeout, f"run {run_id}")
+    return wait_for(lambda: (s := run_status(url, run_id)) in FINISHED and s, timeout, f"run {run_id}")

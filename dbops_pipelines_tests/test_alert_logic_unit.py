@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from dbops_pipelines.alerts.conditions import (CheckEvaluation, FinishedRun, Freshness, check_observations,
+from dbops_pipelines.alerts.conditions import (CheckEvaluation, FinishedRun, Staleness, check_observations,
                                                run_observations, staleness_observations)
+from dbops_pipelines.errors import StorageError
 from dbops_pipelines.alerts.dispatch import AlertState, Observation, plan_notifications
 from dbops_pipelines.alerts.model import Alert
 
@@ -36,11 +37,12 @@ def test_one_open_alert_per_key_with_reminders_and_resolve():
 
 
 def test_failure_then_success_in_one_tick_alerts_and_resolves():
-    runs = [FinishedRun("r2", "backup_app", "app", True, T0 + timedelta(minutes=5)),
-            FinishedRun("r1", "backup_app", "app", False, T0, "could not connect: postgresql://u:pw@h/app")]
+    # The success came from the asset page, the failure from the schedule's job: one feature, one alert.
+    runs = [FinishedRun("r2", "backup of app (from the asset page)", "app", "backup", True, T0 + timedelta(minutes=5)),
+            FinishedRun("r1", "backup_app", "app", "backup", False, T0, "could not connect: postgresql://u:pw@h/app")]
     obs = run_observations(runs, "http://ui:3000/")
     assert [o.firing for o in obs] == [True, False]  # ordered by end time
-    assert obs[0].alert.run_url == "http://ui:3000/runs/r1"
+    assert obs[0].alert.run_url == "http://ui:3000/runs/r1" and obs[0].key == obs[1].key == "app/run_failed/backup"
     assert "pw@" not in obs[0].alert.error_excerpt and "***" in obs[0].alert.error_excerpt
     state = AlertState()
     assert [n.kind for n in plan_notifications(obs, state, T0 + timedelta(minutes=6), REMIND)] == ["firing", "resolved"]
@@ -64,16 +66,38 @@ def test_check_severity_and_resolution():
     assert ok == [Observation("app/check_failed/restore_verification", False)]
 
 
+BACKUP_RULE = Staleness("app", "backup_stale", "valid full backup", "critical", timedelta(hours=24))
+VERIFY_RULE = Staleness("app", "verification_stale", "passing restore verification", "warning", timedelta(days=8))
+
+
 def test_staleness_fires_on_silence_and_clears():
     now = T0 + timedelta(days=2)
-    fresh = Freshness("app", now - timedelta(hours=3), timedelta(hours=24), now - timedelta(days=2), timedelta(days=8))
-    assert all(not o.firing for o in staleness_observations([fresh], now))
-    stale = Freshness("app", now - timedelta(hours=30), timedelta(hours=24), None, timedelta(days=8))
-    obs = {o.key: o for o in staleness_observations([stale], now)}
+    assert all(not o.firing for o in staleness_observations(BACKUP_RULE, lambda: now - timedelta(hours=3), now))
+    obs = {o.key: o for o in staleness_observations(BACKUP_RULE, lambda: now - timedelta(hours=30), now)}
     assert obs["app/backup_stale"].alert.severity == "critical"
     assert "30.0 h ago; the limit is 24 h" in obs["app/backup_stale"].alert.message
+    obs = {o.key: o for o in staleness_observations(VERIFY_RULE, lambda: None, now)}
     assert obs["app/verification_stale"].alert.severity == "warning"
     assert "from never" in obs["app/verification_stale"].alert.message
+
+
+def test_an_unreadable_store_is_its_own_alert_and_judges_nothing():
+    """A store that cannot be read neither resolves an open staleness alert nor fires one on a
+    guess: it fires store_unreadable, and only that, until it can be read again."""
+    now = T0 + timedelta(days=2)
+
+    def broken():
+        raise StorageError("S3 said 503", "retry later")
+
+    obs = staleness_observations(BACKUP_RULE, broken, now)
+    assert [(o.key, o.firing) for o in obs] == [("app/store_unreadable/backup_stale", True)]
+    assert obs[0].alert.condition == "store_unreadable" and "S3 said 503" in obs[0].alert.message
+    state = AlertState()
+    plan_notifications(staleness_observations(BACKUP_RULE, lambda: None, now), state, now, REMIND)
+    plan_notifications(obs, state, now, REMIND)
+    assert set(state.open) == {"app/backup_stale", "app/store_unreadable/backup_stale"}
+    sent = plan_notifications(staleness_observations(BACKUP_RULE, lambda: now, now), state, now, REMIND)
+    assert sorted(kinds(sent)) == [("resolved", "app/backup_stale"), ("resolved", "app/store_unreadable/backup_stale")]
 
 
 def test_delivery_failures_are_kept_bounded():

@@ -10,8 +10,9 @@ import dagster as dg
 import pytest
 
 from dbops_pipelines.config import load_config
-from dbops_pipelines.defs.alerts import evaluate_alerts
-from dbops_pipelines.defs.backups import backup_asset_key
+from dbops_pipelines.defs.alerts import alert_scope, evaluate_alerts
+from dbops_pipelines.defs.spec import discover_features
+from dbops_pipelines.defs.names import asset_key
 from dbops_pipelines.definitions import build_definitions
 from dbops_pipelines_tests.receivers import closed_port_url
 
@@ -27,14 +28,14 @@ def alerting(write_config, http_receiver, monkeypatch):
         sinks = [{"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "warning"},
                  {"kind": "pagerduty", "routing_key_env": "PD_KEY", "url": http_receiver.url("/pagerduty"),
                   "min_severity": "critical"}] + (extra_sinks or [])
-        return write_config({"app": {"dsn": dsn, "rpo_hours": 24}},
+        return write_config({"app": {"dsn": dsn, "backup": {"rpo_hours": 24}}},
                             alerts={"ui_base_url": "http://dagster.example:3000", "reminder_minutes": 60, "sinks": sinks})
     return make
 
 
 def tick(defs, instance, cursor=None, now=None, path=None):
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
-    result = evaluate_alerts(ctx, load_config(path), now=now)
+    result = evaluate_alerts(ctx, load_config(path), alert_scope(defs), discover_features(), now=now)
     return result.cursor
 
 
@@ -75,6 +76,7 @@ def test_failed_run_alerts_once_reminds_and_resolves(alerting, http_receiver, sa
 
         # The database comes back: the next run succeeds and resolves both alerts.
         alerting(sample_app["dsn"])
+        defs = build_definitions(path)  # dbops.yaml is read once per code-location load: reload it
         assert defs.resolve_job_def("backup_app").execute_in_process(instance=instance).success
         tick(defs, instance, cursor, now=later, path=path)
         assert [h["event"] for h in hooks(http_receiver, "run_failed")] == ["firing", "reminder", "resolved"]
@@ -90,7 +92,7 @@ def test_failed_check_alerts_although_the_run_succeeded(alerting, http_receiver,
         assert defs.resolve_job_def("backup_app").execute_in_process(instance=instance).success
         cursor = tick(defs, instance, path=path)
         assert hooks(http_receiver, "check_failed") == []
-        meta = instance.get_latest_materialization_event(backup_asset_key("app")).asset_materialization.metadata
+        meta = instance.get_latest_materialization_event(asset_key("app", "backup")).asset_materialization.metadata
         stored = Path(meta["location"].value.removeprefix("file://"))
         data = bytearray(stored.read_bytes())
         data[100] ^= 1
@@ -99,7 +101,7 @@ def test_failed_check_alerts_although_the_run_succeeded(alerting, http_receiver,
         assert result.success  # a failed check does not fail its run ...
         tick(defs, instance, cursor, path=path)
         [hook] = hooks(http_receiver, "check_failed")  # ... but it does alert
-        assert hook["alert"]["key"] == "app/check_failed/restore_verification"
+        assert hook["alert"]["key"] == "app/check_failed/restored_copy_matches"
         assert hook["alert"]["severity"] == "critical" and "failed authentication" in hook["alert"]["error_excerpt"]
 
 
@@ -129,7 +131,7 @@ def test_email_routing_by_severity(write_config, smtp_receiver, sample_app, monk
         # Never backed up: backup_stale is critical (mailed); verification_stale is a warning (not mailed).
         tick(defs, instance, path=path)
         subjects = [m.message["Subject"] for m in smtp_receiver.messages]
-        assert len(subjects) == 1 and "[CRITICAL] dbops app: no valid backup within 24 h" == subjects[0]
+        assert len(subjects) == 1 and "[CRITICAL] dbops app: no valid full backup within 24 h" == subjects[0]
 
 
 def test_sensor_is_on_by_default(write_config, sample_app):

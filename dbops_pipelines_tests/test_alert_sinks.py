@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 from dbops_pipelines.alerts.model import Alert, Notification
 from dbops_pipelines.alerts.sinks import (
     EmailSink,
+    FileSink,
     PagerDutySink,
     Sink,
     SlackSink,
@@ -19,7 +22,8 @@ from dbops_pipelines.alerts.sinks import (
     build_sinks,
     deliver,
 )
-from dbops_pipelines.config import AlertSettings, parse_config
+from dbops_pipelines.config import AlertSettings, load_config, parse_config
+from dbops_pipelines.config_sinks import FileSinkSettings
 from dbops_pipelines.errors import ConfigError
 from dbops_pipelines_tests.receivers import (  # noqa: F401  (fixtures)
     SMTP_TEST_PASSWORD,
@@ -143,6 +147,54 @@ def test_email_wrong_password_or_no_tls_fails_without_leaking(smtp_receiver):
         assert wrong not in r.error and SMTP_TEST_PASSWORD not in r.error
     assert smtp_receiver.messages == []
     assert (SMTP_TEST_USER, False) in smtp_receiver.auth_attempts
+
+
+def file_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_file_sink_appends_one_json_line_per_notification_in_a_0600_file(tmp_path):
+    path = tmp_path / "alerts" / "dbops.jsonl"          # its folder does not exist yet
+    sink = FileSink(path, min_severity="info")
+    alert = make_alert("critical")
+    results = deliver([Notification(k, alert) for k in ("firing", "reminder", "resolved")], [sink], **NO_SLEEP)
+    assert [(r.ok, r.attempts, r.sink) for r in results] == [(True, 1, f"file {path}")] * 3
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    lines = file_lines(path)
+    assert [line["event"] for line in lines] == ["firing", "reminder", "resolved"]
+    assert [line["subject"] for line in lines] == [Notification(k, alert).subject for k in ("firing", "reminder", "resolved")]
+    assert all(line["alert"] == alert.to_dict() for line in lines)
+    assert all(set(line) == {"at", "event", "subject", "alert"} for line in lines)
+    # appended, never rewritten: a second delivery adds a line and keeps the earlier ones
+    deliver([firing("warning", key="app/backup_stale", condition="backup_stale")], [sink], **NO_SLEEP)
+    assert [line["alert"]["key"] for line in file_lines(path)] == [alert.key] * 3 + ["app/backup_stale"]
+
+
+def test_file_sink_follows_severity_routing(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    sink = FileSink(path, min_severity="critical")
+    assert deliver([firing("warning")], [sink], **NO_SLEEP) == []
+    assert not path.exists()
+
+
+def test_file_sink_redacts_dsn_passwords(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    alert = make_alert(message=f"could not connect to {LEAKY_DSN}", error_excerpt=f"psql: {LEAKY_DSN} failed",
+                       title=f"backup of {LEAKY_DSN} failed")
+    [result] = deliver([Notification("firing", alert)], [FileSink(path)], **NO_SLEEP)
+    assert result.ok
+    text = path.read_text()
+    assert "hunter2" not in text and "postgresql://u:***@h/db" in text
+
+
+def test_unwritable_file_sink_is_a_failed_delivery_while_others_deliver(tmp_path, http_receiver):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the sink's folder should be")
+    sinks = [FileSink(blocked / "alerts.jsonl"), WebhookSink(http_receiver.url("/hook"))]
+    broken, hook = deliver([firing()], sinks, attempts=2, **NO_SLEEP)
+    assert not broken.ok and broken.attempts == 2
+    assert broken.error.startswith(("FileExistsError", "NotADirectoryError")) and str(blocked) in broken.error
+    assert hook.ok and len(http_receiver.received("/hook")) == 1
 
 
 # --- routing ---------------------------------------------------------------------------------
@@ -290,6 +342,34 @@ def test_build_sinks_from_settings():
         assert not any(secret in repr(s) for secret in (WEBHOOK_TOKEN, ROUTING_KEY, SMTP_TEST_PASSWORD))
 
 
+def test_file_sink_from_settings_resolves_relative_paths_against_the_config_folder(tmp_path):
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    path = conf_dir / "dbops.yaml"
+    path.write_text(yaml.safe_dump({"alerts": {"sinks": [
+        {"kind": "file", "path": "alerts.jsonl", "min_severity": "info"},
+        {"kind": "file", "path": str(tmp_path / "abs.jsonl")},
+        {"kind": "file", "path": "logs/../more.jsonl"}]}}))
+    cfg = load_config(path)
+    assert [s.path for s in cfg.alerts.sinks] == [str(conf_dir / "alerts.jsonl"), str(tmp_path / "abs.jsonl"),
+                                                  str(conf_dir / "more.jsonl")]
+    relative, absolute, _ = build_sinks(cfg.alerts.sinks, environ={})
+    assert isinstance(relative, FileSink) and relative.path == conf_dir / "alerts.jsonl"
+    assert relative.min_severity == "info" and absolute.min_severity == "warning"
+    # loaded from another working directory, the same file still points at the same place
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert load_config(Path("etc/dbops.yaml")).alerts.sinks[0].path == str(conf_dir / "alerts.jsonl")
+    finally:
+        os.chdir(here)
+
+
+def test_file_sink_settings_are_typed():
+    [spec] = settings({"kind": "file", "path": "/var/log/dbops/alerts.jsonl"})
+    assert isinstance(spec, FileSinkSettings) and spec.min_severity == "warning"
+
+
 def test_unset_variable_fails_that_sink_only_and_the_webhook_still_delivers(http_receiver):
     # Before: build_sinks raised for the unset variable, the sensor tick failed, nobody was told.
     sinks = build_sinks(settings(
@@ -360,6 +440,13 @@ def test_missing_ca_file_fails_that_sink_with_the_path(tmp_path):
     ({"kind": "webhook", "url": "ftp://h.example/x"}, "http"),
     ({"kind": "webhook", "url": "https://h.example/x", "min_severity": "loud"}, "min_severity"),
     ({"kind": "webhook", "url": "https://h.example/x", "timeout": True}, "timeout"),
+    ({"kind": "file"}, "path"),
+    ({"kind": "file", "path": ""}, "path"),
+    ({"kind": "file", "path": "/var/log/dbops/"}, "names a folder"),
+    ({"kind": "file", "path": "~/alerts.jsonl"}, "absolute path"),
+    ({"kind": "file", "path": 7}, "path"),
+    ({"kind": "file", "path": "a.jsonl", "timeout": 5}, "does not apply to a file sink"),
+    ({"kind": "file", "path": "a.jsonl", "fiel_mode": "0644"}, r"fiel_mode: Extra inputs are not permitted"),
 ])
 def test_bad_sink_settings_are_rejected_with_the_key_path(spec, needle):
     with pytest.raises(ConfigError, match=needle) as err:
@@ -399,13 +486,16 @@ def test_sensor_tick_survives_a_misconfigured_sink(write_config, http_receiver):
     import dagster as dg
 
     from dbops_pipelines.config import load_config
-    from dbops_pipelines.defs.alerts import evaluate_alerts
+    from dbops_pipelines.defs.alerts import alert_scope, evaluate_alerts
+    from dbops_pipelines.defs.spec import discover_features
+    from dbops_pipelines.definitions import build_definitions
 
     path = write_config({"app": "postgresql://dbops@127.0.0.1:1/app"}, alerts={"sinks": [
         {"kind": "slack", "url_env": "DBOPS_TEST_UNSET_SLACK"},
         {"kind": "webhook", "url": http_receiver.url("/hook")}]})
     with dg.instance_for_test() as instance:
-        result = evaluate_alerts(dg.build_sensor_context(instance=instance), load_config(path))
+        scope = alert_scope(build_definitions(path))
+        result = evaluate_alerts(dg.build_sensor_context(instance=instance), load_config(path), scope, discover_features())
     hooks = {r.body["alert"]["condition"]: r.body["event"] for r in http_receiver.received("/hook")}
     assert hooks == {"backup_stale": "firing", "verification_stale": "firing"}
     failures = json.loads(result.cursor)["failed_deliveries"]
@@ -425,3 +515,16 @@ def test_the_documented_sinks_are_valid_and_build_from_the_environment():
     sinks = build_sinks(specs, environ=env)
     assert [type(s) for s in sinks] == [SlackSink, WebhookSink, EmailSink, PagerDutySink]
     assert [s.min_severity for s in sinks] == ["warning", "info", "critical", "critical"]
+
+
+def test_the_documented_file_sink_is_valid(tmp_path):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "alerts.md").read_text()
+    block = re.search(r"## A local file.*?```yaml\n(.*?)```", text, re.S)[1]
+    path = tmp_path / "dbops.yaml"
+    path.write_text(block)
+    [spec] = load_config(path).alerts.sinks
+    assert isinstance(spec, FileSinkSettings) and spec.path == str(tmp_path / "alerts.jsonl")
+    [sink] = build_sinks([spec], environ={})
+    assert isinstance(sink, FileSink) and sink.min_severity == "info"
+    example = json.loads(re.search(r"## A local file.*?```json\n(.*?)```", text, re.S)[1])
+    assert set(example) == {"at", "event", "subject", "alert"} and set(example["alert"]) == set(make_alert().to_dict())

@@ -28,7 +28,7 @@ NOW = datetime.now(timezone.utc)
 @pytest.fixture
 def ctx(write_config):
     path = write_config({"app": "host=db1 dbname=app", "crm": "host=db1 dbname=crm",
-                         "marts": {"dsn": "host=db1 dbname=marts", "kind": "tables", "tables": ["public.facts"]}},
+                         "marts": {"dsn": "host=db1 dbname=marts", "backup": {"kind": "tables", "tables": ["public.facts"]}}},
                         defaults={"retention": {"keep_daily": 2, "keep_weekly": 0, "keep_monthly": 0, "min_age_days": 0}})
     return FleetContext(load_config(path))
 

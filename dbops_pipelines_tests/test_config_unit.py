@@ -15,6 +15,7 @@ from dbops_pipelines.backup.toc import Toc, TocEntry
 from dbops_pipelines.config import load_config, parse_config, redact
 from dbops_pipelines.errors import ConfigError
 from dbops_pipelines.localdev.demo import write_fleet_config
+from dbops_pipelines.pgtools import parse_dsn
 from dbops_pipelines.storage.s3 import MIB, PART_LIMIT, part_size_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,9 @@ def test_minimal_config_and_defaults(tmp_path):
 
 
 def test_per_target_overrides():
-    cfg = parse_config({"targets": {"a": {"dsn": "postgresql://x@h/a", "schedule": "15 1 * * *", "timezone": "Asia/Tokyo",
-                                          "retention": {"keep_daily": 3}, "server": "primary"}}})
+    with pytest.warns(DeprecationWarning, match="targets.a.schedule to targets.a.backup.schedule"):  # the flat shape
+        cfg = parse_config({"targets": {"a": {"dsn": "postgresql://x@h/a", "schedule": "15 1 * * *", "timezone": "Asia/Tokyo",
+                                              "retention": {"keep_daily": 3}, "server": "primary"}}})
     assert cfg.schedule_for("a") == ("15 1 * * *", "Asia/Tokyo")
     assert cfg.retention_for("a").keep_daily == 3 and cfg.retention_for("a").keep_monthly == 12
     assert cfg.server_of("a") == "primary"
@@ -106,11 +108,21 @@ def test_listed_ids_and_tables_with_data():
 
 # --- one config shape: the flat shape of earlier releases still loads, to the same settings ---
 
-# docs/configuration.md's whole file as releases before feature blocks wrote it, plus the
-# verification and alerts keys of docs/verification.md and docs/alerts.md.
-FLAT = """
+# Storage, keys and alerts are written alike in both shapes.
+STORAGE = """
 storage: {url: s3://dbops-backups/prod, s3_endpoint_url: https://s3.storage.internal, s3_region: eu-central-1}
 encryption: {key_env: DBOPS_BACKUP_KEY, previous_key_envs: [DBOPS_BACKUP_KEY_2025]}
+"""
+ALERTS = """
+alerts:
+  ui_base_url: https://dagster.internal
+  sinks:
+    - {kind: webhook, url: "https://hooks.internal/dbops", headers_env: {Authorization: HOOK_AUTH}, min_severity: info}
+"""
+
+# docs/configuration.md's whole file as releases before feature blocks wrote it, plus the
+# verification and alerts keys of docs/verification.md and docs/alerts.md.
+FLAT = STORAGE + """
 defaults:
   schedule: "0 2 * * *"
   timezone: UTC
@@ -123,10 +135,7 @@ defaults:
   compression_level: 3
   rpo_hours: 24
   verification: {schedule: "0 5 * * 0", jobs: 2}
-alerts:
-  ui_base_url: https://dagster.internal
-  sinks:
-    - {kind: webhook, url: "https://hooks.internal/dbops", headers_env: {Authorization: HOOK_AUTH}, min_severity: info}
+""" + ALERTS + """
 targets:
   app:
     dsn: postgresql://dbops_backup@db1.internal:5432/app
@@ -147,9 +156,7 @@ targets:
 """
 
 # The same fleet in today's shape.
-GROUPED = """
-storage: {url: s3://dbops-backups/prod, s3_endpoint_url: https://s3.storage.internal, s3_region: eu-central-1}
-encryption: {key_env: DBOPS_BACKUP_KEY, previous_key_envs: [DBOPS_BACKUP_KEY_2025]}
+GROUPED = STORAGE + """
 defaults:
   connect_retries: 3
   owners: ["team:dbops"]
@@ -165,10 +172,7 @@ defaults:
   verification: {schedule: "0 5 * * 0", jobs: 2}
 clusters:
   "db1.internal:5432": {}
-alerts:
-  ui_base_url: https://dagster.internal
-  sinks:
-    - {kind: webhook, url: "https://hooks.internal/dbops", headers_env: {Authorization: HOOK_AUTH}, min_severity: info}
+""" + ALERTS + """
 targets:
   app:
     dsn: postgresql://dbops_backup@db1.internal:5432/app
@@ -257,7 +261,8 @@ def test_the_documented_file_is_in_the_grouped_shape_and_means_what_the_docs_say
     assert cfg.target("billing").stats.enabled and cfg.target("app").stats is None
 
 
-def test_the_conftest_shape_of_defaults_still_loads():
+def test_flat_retry_defaults_still_load_with_a_warning():
+    # the shape conftest's write_config used before it moved to defaults.backup
     raw = {"defaults": {"connect_retries": 1, "run_retries": 0, "retry_delay_seconds": 0},
            "targets": {"app": {"dsn": "postgresql://x@h/app", "exclude_table_data": ["public.audit_events"]}}}
     with pytest.warns(DeprecationWarning, match="defaults.retry_delay_seconds"):
@@ -379,12 +384,24 @@ def test_an_int_is_a_fine_float():
     ("host=db1 dbname", "libpq cannot parse"),
     ("host=db1 s3cretpassw0rd", "libpq cannot parse"),
     ("host=db1 port=fivefourthree", "port is not a number"),
+    ("host=db1 port=70000", "port is not a number from 1 to 65535"),
+    ("postgresql://db1/app?s3cretpassw0rd=x", r"libpq cannot parse the DSN \(invalid URI query parameter: \[withheld\]\)"),
+    ("postgresql://db1/app?sslmode=s3cretpassw0rd%zz", "libpq cannot parse"),
     ("host=db1 password=s3cretpassw0rd", "contains a password"),
 ])
 def test_meaningless_dsns_are_rejected_naming_the_target(dsn, message):
     # before: `dsn: ""` was accepted and backed up whatever libpq's defaults reached
     with pytest.raises(ConfigError, match=rf"targets\.app\.dsn: .*{message}") as err:
         parse_config({"targets": {"app": {"dsn": dsn}}})
+    assert "s3cretpassw0rd" not in str(err.value)
+
+
+@pytest.mark.parametrize("dsn", ["host=db1 s3cretpassw0rd", "postgresql://db1/app?s3cretpassw0rd=1",
+                                 "postgresql://db1/app?sslmode=s3cretpassw0rd%zz", "s3cretpassw0rd://db1/app"])
+def test_the_one_dsn_parser_never_quotes_the_string_back(dsn):
+    # libpq quotes the word it stumbled on, which can be a password written without `password=`
+    with pytest.raises(ConfigError, match=r"--to is not a valid connection string \(libpq cannot parse it: .*\[withheld\]") as err:
+        parse_dsn(dsn, "--to", ConfigError)
     assert "s3cretpassw0rd" not in str(err.value)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from dbops_pipelines.defs.backups import backup_asset_key, retention_asset_key
+from dbops_pipelines.defs.names import asset_key
 from dbops_pipelines.definitions import build_definitions
 
 
@@ -25,7 +25,7 @@ def test_backup_job_materializes_checks_and_applies_retention(write_config, samp
     with dg.instance_for_test() as instance:
         result = run_job(defs, "backup_app", instance)
         assert result.success
-        [mat] = [m for m in result.asset_materializations_for_node("backup__app")]
+        [mat] = [m for m in result.asset_materializations_for_node("app__backup") if m.asset_key == asset_key("app", "backup")]
         meta = mat.metadata
         assert meta["dagster/row_count"].value == sum(sample_app["counts"].values())
         assert meta["tables"].value == len(sample_app["counts"])
@@ -37,7 +37,7 @@ def test_backup_job_materializes_checks_and_applies_retention(write_config, samp
         [check] = result.get_asset_check_evaluations()
         assert check.passed and check.check_name == "stored_backup_integrity"
         assert check.metadata["backup_id"].value == meta["backup_id"].value
-        retention = instance.get_latest_materialization_event(retention_asset_key("app"))
+        retention = instance.get_latest_materialization_event(asset_key("app", "backup_retention"))
         assert retention.asset_materialization.metadata["deleted"].value == 0
 
 
@@ -45,12 +45,12 @@ def test_check_fails_on_a_corrupted_object(write_config, sample_app):
     defs = build_definitions(write_config({"app": sample_app["dsn"]}))
     with dg.instance_for_test() as instance:
         assert run_job(defs, "backup_app", instance).success
-        meta = instance.get_latest_materialization_event(backup_asset_key("app")).asset_materialization.metadata
+        meta = instance.get_latest_materialization_event(asset_key("app", "backup")).asset_materialization.metadata
         path = Path(meta["location"].value.removeprefix("file://"))
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
-        check_job = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks(dg.AssetCheckKey(backup_asset_key("app"), "stored_backup_integrity")))
+        check_job = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks(dg.AssetCheckKey(asset_key("app", "backup"), "stored_backup_integrity")))
         with_check = dg.Definitions.merge(defs, dg.Definitions(jobs=[check_job]))
         result = run_job(with_check, "check_only", instance)
         [check] = result.get_asset_check_evaluations()
@@ -75,7 +75,7 @@ def test_unreachable_target_fails_the_run_with_what_to_do(write_config, monkeypa
 def test_schedule_per_target_uses_configured_cron_and_timezone(write_config, sample_app):
     defs = build_definitions(write_config({
         "app": sample_app["dsn"],
-        "billing": {"dsn": sample_app["dsn"], "schedule": "30 3 * * *", "timezone": "Europe/Berlin"},
+        "billing": {"dsn": sample_app["dsn"], "backup": {"schedule": "30 3 * * *", "timezone": "Europe/Berlin"}},
     }))
     app = defs.resolve_schedule_def("backup_app_schedule")
     billing = defs.resolve_schedule_def("backup_billing_schedule")
@@ -88,7 +88,7 @@ def test_schedule_per_target_uses_configured_cron_and_timezone(write_config, sam
     assert billing.job_name == "backup_billing"
     assert defs.resolve_job_def("backup_billing").tags["dbops/target"] == "billing"
     # Both targets live on one server, so their backups share one concurrency pool.
-    pools = {defs.resolve_assets_def(backup_asset_key(t)).op.pool for t in ("app", "billing")}
+    pools = {defs.resolve_assets_def(asset_key(t, "backup")).op.pool for t in ("app", "billing")}
     assert len(pools) == 1 and pools.pop().startswith("pg_server_127_0_0_1_")
 
 

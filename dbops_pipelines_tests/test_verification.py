@@ -52,10 +52,21 @@ def damage_object(manifest, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
+SAME_SERVER_WARNING = "restoring into a scratch database on the production server of app (127.0.0.1:{port}): " \
+                      "a whole restore's load lands on it; configure verification.server_dsn (a staging server) " \
+                      "or set verification.same_server_on_purpose: true"
+
+
 def test_good_backup_verifies_and_evidence_is_kept(backed_up, pg_cluster, sample_app):
     cfg, manifest = backed_up
-    report = verify_backup(FleetContext(cfg), "app", run_id="run-1")
+    logs: list[str] = []
+    report = verify_backup(FleetContext(cfg), "app", run_id="run-1", log=logs.append)
     assert report.passed and report.outcome == "passed", report.summary()
+    # No staging server configured: restored on production, said in the log and kept in the report.
+    warning = SAME_SERVER_WARNING.format(port=pg_cluster.port)
+    assert f"WARNING: {warning}" in logs
+    assert logs.index(f"WARNING: {warning}") < next(i for i, m in enumerate(logs) if m.startswith("restored in"))
+    assert (report.server_role, report.server_notice) == ("same_server", warning)
     assert {t.table: (t.expected_rows, t.actual_rows) for t in report.tables} == {t: (n, n) for t, n in sample_app["counts"].items()}
     assert all(t.checksum == "match" for t in report.tables)
     assert [s["passed"] for s in report.sanity] == [True, True]
@@ -65,6 +76,7 @@ def test_good_backup_verifies_and_evidence_is_kept(backed_up, pg_cluster, sample
     store = FleetContext(cfg).store
     kept = latest_reports(store, FleetContext(cfg).read_keys, "app")[manifest.backup_id]
     assert kept.run_id == "run-1" and kept.passed
+    assert (kept.server_role, kept.server_notice) == ("same_server", warning)  # sealed with the evidence
     [entry] = inventory(FleetContext(cfg), "app")  # the report is not mistaken for a backup
     assert entry.verified and entry.to_dict()["verification"]["outcome"] == "passed"
     listed = dbops("backups", "list", "--json")
@@ -75,12 +87,28 @@ def test_cli_verify_exit_codes_and_json(backed_up):
     cfg, manifest = backed_up
     ok = dbops("verify", "app", "--backup", manifest.backup_id, "--json")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["outcome"] == "passed"
+    out = json.loads(ok.stdout)
+    assert out["outcome"] == "passed" and out["server_role"] == "same_server"
+    assert out["server_notice"].startswith("restoring into a scratch database on the production server of app")
     tamper_manifest(cfg, manifest, lambda m: m["table_rows"].update({"public.vendors": m["table_rows"]["public.vendors"] + 1}))
     bad = dbops("verify", "app")
     assert bad.returncode == 1
     assert f"backup {manifest.backup_id} FAILED verification" in bad.stdout
     assert "table public.vendors has" in bad.stdout and "MISMATCH" in bad.stdout
+    assert "  WARNING: restoring into a scratch database on the production server of app" in bad.stdout
+    assert "WARNING: restoring into a scratch database on the production server of app" in bad.stderr  # the log
+    assert "(same server) dropped" in bad.stdout
+
+
+def test_same_server_on_purpose_silences_the_warning(backed_up, sample_app, write_config):
+    cfg, manifest = backed_up
+    write_config({"app": {"dsn": sample_app["dsn"], "verification": {"same_server_on_purpose": True}}})
+    result = dbops("verify", "app")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr and "production server" not in result.stdout + result.stderr
+    assert "(same server on purpose) dropped" in result.stdout
+    kept = latest_reports(FleetContext(cfg).store, FleetContext(cfg).read_keys, "app")[manifest.backup_id]
+    assert kept.passed and (kept.server_role, kept.server_notice) == ("same_server_on_purpose", None)
 
 
 @pytest.mark.parametrize("how, finding", [("flip", "failed authentication"), ("truncate", "truncated")])
@@ -157,8 +185,10 @@ def test_failing_and_broken_sanity_queries(write_config, sample_app):
 
 def test_stale_scratch_databases_are_swept_and_cancellation_drops_scratch(backed_up, pg_cluster):
     cfg, _ = backed_up
-    pg_cluster.execute("CREATE DATABASE dbops_verify_app_20200101000000")  # left by a crashed run
+    pg_cluster.execute("CREATE DATABASE dbops_verify_app_20200101000000")  # left by a crashed run (earlier name format)
+    pg_cluster.execute("CREATE DATABASE dbops_verify_app_20200101000000_0a1b2c")  # the same, current format
     pg_cluster.execute("CREATE DATABASE dbops_verify_other_20200101000000")  # another target's: not ours
+    pg_cluster.execute("CREATE DATABASE dbops_verify_app_x_20200101000000_0a1b2c")  # target app_x's: not app's either
     try:
         logs: list[str] = []
 
@@ -170,10 +200,12 @@ def test_stale_scratch_databases_are_swept_and_cancellation_drops_scratch(backed
         with pytest.raises(KeyboardInterrupt):
             verify_backup(FleetContext(cfg), "app", log=cancel_mid_way)
         assert "dropped stale scratch database dbops_verify_app_20200101000000 left by an earlier run" in logs
-        assert scratch_databases(pg_cluster) == ["dbops_verify_other_20200101000000"]
+        assert "dropped stale scratch database dbops_verify_app_20200101000000_0a1b2c left by an earlier run" in logs
+        assert sorted(scratch_databases(pg_cluster)) == ["dbops_verify_app_x_20200101000000_0a1b2c", "dbops_verify_other_20200101000000"]
         assert latest_reports(FleetContext(cfg).store, FleetContext(cfg).read_keys, "app") == {}  # nothing concluded, nothing recorded
     finally:
         pg_cluster.drop_database("dbops_verify_other_20200101000000")
+        pg_cluster.drop_database("dbops_verify_app_x_20200101000000_0a1b2c")
 
 
 def test_verification_on_a_separate_server(backed_up, tmp_path, sample_app, write_config, pg_cluster):
@@ -187,8 +219,12 @@ def test_verification_on_a_separate_server(backed_up, tmp_path, sample_app, writ
     fleet.backup_target(FleetContext(load_config(write_config({"app": sample_app["dsn"]}))), "app")
     try:
         cfg = load_config(write_config({"app": {"dsn": sample_app["dsn"], "verification": {"server_dsn": staging.dsn()}}}))
-        report = verify_backup(FleetContext(cfg), "app")
+        logs: list[str] = []
+        report = verify_backup(FleetContext(cfg), "app", log=logs.append)
         assert report.passed and report.server == f"127.0.0.1:{staging.port}"
+        assert (report.server_role, report.server_notice) == ("staging", None)
+        assert not [m for m in logs if "WARNING" in m or "production server" in m], logs
+        assert "note:" not in report.summary()
     finally:
         staging.stop()
         pg_cluster.execute("REVOKE SELECT ON public.vendors FROM prod_only_role", dbname="app")

@@ -1,16 +1,19 @@
 """What raises an alert, from plain facts the Dagster layer gathers: finished runs, check
 evaluations, and when each target last had a valid backup and a passing verification.
 
-Later features add their own conditions here, producing Observations for the same dispatcher.
+Each feature states its own silence rules (``Staleness``) in its Dagster spec; every condition
+produces Observations for the same dispatcher.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dbops_pipelines.alerts.dispatch import Observation
 from dbops_pipelines.alerts.model import Alert
+from dbops_pipelines.errors import DbopsError
 from dbops_pipelines.redact import redact
 
 EXCERPT_CHARS = 600
@@ -40,18 +43,20 @@ def run_url(ui_base_url: str, run_id: str | None) -> str | None:
 @dataclass(frozen=True)
 class FinishedRun:
     run_id: str
-    job_name: str
+    job_name: str         # what the operator sees: backup_app, or "backup of app" for a run from the asset page
     target: str
+    feature: str          # the alert key: one alert per target and feature, whichever job ran it
     succeeded: bool
     ended_at: datetime
     error: str | None = None
 
 
 def run_observations(runs: list[FinishedRun], ui_base_url: str) -> list[Observation]:
-    """A failed run fires its job's alert; the next successful run of that job resolves it."""
+    """A failed run fires its feature's alert; the next successful run of that feature (from its
+    schedule, a job or the asset page) resolves it."""
     out = []
     for run in sorted(runs, key=lambda r: r.ended_at):
-        key = f"{run.target}/run_failed/{run.job_name}"
+        key = f"{run.target}/run_failed/{run.feature}"
         if run.succeeded:
             out.append(Observation(key, False))
             continue
@@ -89,7 +94,7 @@ def check_observations(evaluations: list[CheckEvaluation], ui_base_url: str) -> 
             key=key, target=ev.target, condition="check_failed",
             severity="warning" if ev.severity.lower().startswith("warn") else "critical",
             title=f"check {ev.check_name} failed",
-            message=f"Check {ev.check_name} on the backup of {ev.target} failed. {WHAT_TO_DO['check_failed']}",
+            message=f"Check {ev.check_name} of {ev.target} failed. {WHAT_TO_DO['check_failed']}",
             occurred_at=ev.evaluated_at.isoformat(), run_id=ev.run_id, run_url=run_url(ui_base_url, ev.run_id),
             error_excerpt=excerpt(ev.summary),
         )))
@@ -97,12 +102,15 @@ def check_observations(evaluations: list[CheckEvaluation], ui_base_url: str) -> 
 
 
 @dataclass(frozen=True)
-class Freshness:
+class Staleness:
+    """A silence rule of one feature: ``condition`` fires when the newest ``what`` of ``target``
+    is older than ``limit`` (or there is none)."""
+
     target: str
-    last_backup_at: datetime | None
-    rpo: timedelta
-    last_verified_at: datetime | None
-    verification_max_age: timedelta
+    condition: str        # e.g. "backup_stale"
+    what: str             # e.g. "valid full backup"
+    severity: str
+    limit: timedelta
 
 
 def _age(since: datetime | None, now: datetime) -> str:
@@ -112,41 +120,28 @@ def _age(since: datetime | None, now: datetime) -> str:
     return f"{hours:.1f} h ago" if hours < 72 else f"{hours / 24:.1f} days ago"
 
 
-def staleness_observations(targets: list[Freshness], now: datetime) -> list[Observation]:
-    """Silence is a failure too: fire when the newest valid backup is older than the RPO, or the
-    newest passing verification older than its maximum age, even if no run failed."""
-    out = []
-    for f in targets:
-        for condition, last, limit, severity, what in (
-            ("backup_stale", f.last_backup_at, f.rpo, "critical", "valid backup"),
-            ("verification_stale", f.last_verified_at, f.verification_max_age, "warning", "passing restore verification"),
-        ):
-            key = f"{f.target}/{condition}"
-            if last is not None and now - last <= limit:
-                out.append(Observation(key, False))
-                continue
-            hours = limit.total_seconds() / 3600
-            out.append(Observation(key, True, Alert(
-                key=key, target=f.target, condition=condition, severity=severity,
-                title=f"no {what} within {hours:g} h",
-                message=f"The newest {what} of {f.target} is from {_age(last, now)}; the limit is {hours:g} h. {WHAT_TO_DO[condition]}",
-                occurred_at=now.isoformat(),
-            )))
-    return out
-
-
-def unreadable_observations(problems: dict[str, str | None], now: datetime) -> list[Observation]:
-    """A target whose backups could not be read (``problems[target]`` is the reason) cannot be
-    judged fresh or stale: that is an alert of its own, never a silent pass or a false "never"."""
-    out = []
-    for target, problem in sorted(problems.items()):
-        key = f"{target}/store_unreadable"
-        if problem is None:
-            out.append(Observation(key, False))
-            continue
-        out.append(Observation(key, True, Alert(
-            key=key, target=target, condition="store_unreadable", severity="critical",
-            title="backups cannot be read to judge their freshness",
-            message=f"{excerpt(problem)} {WHAT_TO_DO['store_unreadable']}", occurred_at=now.isoformat(),
-        )))
-    return out
+def staleness_observations(rule: Staleness, read_last: Callable[[], datetime | None], now: datetime) -> list[Observation]:
+    """Silence is a failure too: fire when the newest ``rule.what`` is older than the limit, even
+    if no run failed. ``read_last`` reads the store; when it cannot (``DbopsError``), the target can
+    be judged neither fresh nor stale: a ``store_unreadable`` alert fires and the staleness alert
+    is left as it was, never silently passed or falsely reported as "never"."""
+    unreadable_key = f"{rule.target}/store_unreadable/{rule.condition}"
+    try:
+        last = read_last()
+    except DbopsError as exc:
+        return [Observation(unreadable_key, True, Alert(
+            key=unreadable_key, target=rule.target, condition="store_unreadable", severity="critical",
+            title=f"cannot read the store to judge: {rule.what}",
+            message=f"{excerpt(exc.message)} {WHAT_TO_DO['store_unreadable']}", occurred_at=now.isoformat(),
+        ))]
+    key = f"{rule.target}/{rule.condition}"
+    if last is not None and now - last <= rule.limit:
+        return [Observation(unreadable_key, False), Observation(key, False)]
+    hours = rule.limit.total_seconds() / 3600
+    return [Observation(unreadable_key, False), Observation(key, True, Alert(
+        key=key, target=rule.target, condition=rule.condition, severity=rule.severity,
+        title=f"no {rule.what} within {hours:g} h",
+        message=f"The newest {rule.what} of {rule.target} is from {_age(last, now)}; the limit is {hours:g} h. "
+                f"{WHAT_TO_DO[rule.condition]}",
+        occurred_at=now.isoformat(),
+    ))]

@@ -1,4 +1,5 @@
-"""Where alerts go: a generic JSON webhook, Slack, e-mail (SMTP) and PagerDuty (Events API v2).
+"""Where alerts go: a generic JSON webhook, Slack, e-mail (SMTP), PagerDuty (Events API v2) and a
+local file (one JSON line per notification, for operators without any of those services).
 
 Every sink has the same small interface (``accepts`` for severity routing, ``send`` for one
 attempt that raises on failure); ``deliver`` fans notifications out with retries and turns
@@ -11,22 +12,26 @@ a sink's name, a payload or a delivery error.
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import ssl
 import time
 from abc import ABC, abstractmethod
 from dataclasses import replace
+from datetime import datetime, timezone
 from email.message import EmailMessage
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
 from dbops_pipelines.alerts.model import SEVERITIES, Alert, DeliveryResult, Notification, severity_rank
-from dbops_pipelines.config_sinks import (EmailSinkSettings, PagerDutySinkSettings, SinkSettings, SlackSinkSettings,
-                                          WebhookSinkSettings)
+from dbops_pipelines.config_sinks import (EmailSinkSettings, FileSinkSettings, PagerDutySinkSettings, SinkSettings,
+                                          SlackSinkSettings, WebhookSinkSettings)
 from dbops_pipelines.errors import ConfigError
 from dbops_pipelines.redact import redact
+from dbops_pipelines.retry import retry_call
 
 _MAX_ERROR = 300
 
@@ -183,6 +188,32 @@ class PagerDutySink(_HttpSink):
         self._post(event)
 
 
+class FileSink(Sink):
+    """Appends one JSON line per notification (firing, reminder, resolved) to a local file, created
+    0600, so an operator without any alerting service can `tail -f` it. A line is
+    ``{"at", "event", "subject", "alert": {...}}`` with the alert as the webhook sends it (DSN
+    passwords redacted). Each line is one O_APPEND write, so on a local filesystem the lines of two
+    writers do not interleave. An existing file keeps its own mode."""
+
+    def __init__(self, path: str | Path, min_severity: str = "warning"):
+        self.path = Path(path)
+        super().__init__(f"file {self.path}", min_severity)
+
+    def send(self, n: Notification) -> None:
+        n = _sanitized(n)
+        line = json.dumps({"at": datetime.now(timezone.utc).isoformat(), "event": n.kind, "subject": n.subject,
+                           "alert": n.alert.to_dict()}, sort_keys=True) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            data = line.encode()
+            written = os.write(fd, data)
+            if written != len(data):   # a full disk: say so rather than leave half a line unexplained
+                raise OSError(f"only {written} of {len(data)} bytes appended to {self.path}")
+        finally:
+            os.close(fd)
+
+
 class UnavailableSink(Sink):
     """Stands in for a configured sink that could not be built: every notification routed to it
     is reported as a failed delivery with ``reason``, without retries (nothing would change)."""
@@ -212,15 +243,16 @@ def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int 
                                               ok=False, attempts=0, error=_clip(sink.scrub(sink.reason))))
                 continue
             error, tries = None, 0
-            for tries in range(1, max(1, attempts) + 1):
-                try:
-                    sink.send(n)
-                    error = None
-                    break
-                except Exception as exc:  # noqa: BLE001 - any failure of one sink is reported, not raised
-                    error = _clip(sink.scrub(f"{type(exc).__name__}: {exc}"))
-                    if tries < attempts:
-                        sleep(backoff * 2 ** (tries - 1))
+
+            def send(sink=sink, n=n) -> None:
+                nonlocal tries
+                tries += 1
+                sink.send(n)
+
+            try:
+                retry_call(send, attempts=max(1, attempts), backoff_seconds=backoff, retry_on=(Exception,), sleep=sleep)
+            except Exception as exc:  # noqa: BLE001 - any failure of one sink is reported, not raised
+                error = _clip(sink.scrub(f"{type(exc).__name__}: {exc}"))
             results.append(DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
                                           ok=error is None, attempts=tries, error=error))
     return results
@@ -278,7 +310,10 @@ def build_sink(spec: SinkSettings, environ=os.environ) -> Sink:
                          **common)
     if isinstance(spec, PagerDutySinkSettings):
         return PagerDutySink(_env(environ, spec.routing_key_env, "the PagerDuty routing key"), url=spec.url, **common)
-    raise ConfigError(f"unknown alert sink settings {type(spec).__name__}", "use slack, webhook, email or pagerduty")
+    if isinstance(spec, FileSinkSettings):
+        return FileSink(spec.path, min_severity=spec.min_severity)
+    raise ConfigError(f"unknown alert sink settings {type(spec).__name__}",
+                      "use slack, webhook, email, pagerduty or file")
 
 
 def build_sinks(specs: list[SinkSettings], environ=os.environ) -> list[Sink]:

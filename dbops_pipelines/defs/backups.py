@@ -1,49 +1,34 @@
-"""Backups in Dagster: per target, a backup asset, its integrity check, a retention asset,
-a job running the three, and a schedule.
+"""Backups in Dagster. Per target: a backup and its retention as one step (two assets, one
+click: "Materialize" on either makes a backup and then applies retention), the integrity check
+of the stored object, a job running them, a schedule, and the "no valid full backup within the
+RPO" alert condition.
 
-One asset per target (not one partitioned asset): each database gets its own freshness and
-verification status, its own lineage node and check history, and its own concurrency pool
-named after its server, so one server never runs more backups at once than the pool allows
-(`concurrency.pools.default_limit` in dagster.yaml). Adding a target to dbops.yaml adds its
-assets on the next reload of the code location; no code changes.
+One asset group per target (not one partitioned asset): each database gets its own freshness,
+lineage and check history, and its steps run in the concurrency pool of its server, so one
+server never runs more backups and verifications at once than the pool allows. Adding a target
+to dbops.yaml adds its assets on the next reload of the code location; no code changes.
 """
 
-
-import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 
 from dbops_pipelines import fleet
+from dbops_pipelines.alerts.conditions import Staleness, staleness_observations
 from dbops_pipelines.backup.catalog import find_backup
-from dbops_pipelines.progress import Progress
 from dbops_pipelines.backup.integrity import check_backup
 from dbops_pipelines.backup.manifest import BackupManifest
 from dbops_pipelines.config import FleetConfig
-from dbops_pipelines.redact import redact
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.defs import names
+from dbops_pipelines.defs.names import BACKUP, BACKUP_RETENTION, STORED_BACKUP_INTEGRITY
 from dbops_pipelines.defs.resources import DbopsFleet
-from dbops_pipelines.errors import DatabaseUnreachable, DbopsError, StorageError
+from dbops_pipelines.defs.spec import FeatureSpec, core_call, fail_loudly, fleet_context
+from dbops_pipelines.inventory import last_full_backup_at
+from dbops_pipelines.progress import Progress
+from dbops_pipelines.redact import redact
 
-TRANSIENT = (DatabaseUnreachable, StorageError)
 MIB = 1 << 20
-
-
-def backup_asset_key(target: str) -> dg.AssetKey:
-    return dg.AssetKey(["backup", target])
-
-
-def retention_asset_key(target: str) -> dg.AssetKey:
-    return dg.AssetKey(["backup_retention", target])
-
-
-def server_pool(cfg: FleetConfig, target: str) -> str:
-    return "pg_server_" + re.sub(r"[^A-Za-z0-9_]", "_", cfg.server_of(target))
-
-
-def as_failure(exc: DbopsError) -> dg.Failure:
-    """Turn a core error into a run failure whose description tells the operator what to do."""
-    text = redact(exc.message) + (f"\n\nWhat to do: {exc.hint}" if exc.hint else "")
-    return dg.Failure(description=text, metadata={"error": type(exc).__name__}, allow_retries=False)
 
 
 def manifest_metadata(m: BackupManifest) -> dict:
@@ -77,74 +62,108 @@ class BackupRunConfig(dg.Config):
     tables: list[str] = []
 
 
-def build_backup_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
-    t = cfg.target(target)
+def retention_metadata(outcome: fleet.RetentionOutcome) -> dict:
+    # Markdown, not a table value: the reasons are long sentences and the UI's table metadata
+    # gives every column the width of its header.
+    lines = ["| backup | started | action | why |", "|---|---|---|---|"]
+    lines += [f"| `{d.backup_id}` | {d.started_at:%Y-%m-%d %H:%M} | {'keep' if d.keep else '**delete**'} | "
+              f"{'; '.join(d.reasons) or '-'} |" for d in outcome.plan.decisions]
+    return {
+        "deleted": dg.MetadataValue.int(len(outcome.deleted)),
+        "kept": dg.MetadataValue.int(len(outcome.plan.to_keep)),
+        "deleted_ids": dg.MetadataValue.json(outcome.deleted),
+        "swept_leftovers": dg.MetadataValue.json(outcome.swept),
+        "plan": dg.MetadataValue.md("\n".join(lines)),
+    }
 
-    @dg.asset(
-        key=backup_asset_key(target),
-        group_name="backups",
-        kinds={"postgres", "s3"},
-        owners=cfg.defaults.owners,
-        pool=server_pool(cfg, target),
-        tags={"dbops/target": target},
-        # The UI shows the asset stale past the RPO; the alert sensor raises the same condition.
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=cfg.rpo_hours_for(target))),
-        description=(
-            f"Encrypted pg_dump of target `{target}` ({redact(t.dsn)}), kind {t.kind}: pg_dump -Fc streamed "
-            "through zstd and AES-256-GCM into the backup store, with a manifest written last. "
-            "Metadata: size, duration, throughput, location, sha256, rows per table."
-        ),
+
+def build_backup_assets(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
+    t = cfg.target(target)
+    policy = cfg.retention_for(target)
+    backup_key, retention_key = names.asset_key(target, BACKUP), names.asset_key(target, BACKUP_RETENTION)
+    tags = {names.TARGET_TAG: target, names.FEATURE_TAG: BACKUP}
+    store_kind = names.storage_kind(cfg)
+    defaults = cfg.defaults.backup
+
+    @dg.multi_asset(
+        name=f"{target}__backup",
+        specs=[
+            dg.AssetSpec(
+                backup_key, group_name=target, kinds={"postgres", store_kind}, owners=cfg.defaults.owners, tags=tags,
+                # The UI shows the asset stale past the RPO; the alert sensor raises the same condition.
+                freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=cfg.rpo_hours_for(target))),
+                description=(
+                    f"Encrypted pg_dump of `{target}` ({redact(t.dsn)}), kind {t.kind}: pg_dump -Fc streamed through "
+                    "zstd and AES-256-GCM into the backup store, the manifest written last. Metadata: size, duration, "
+                    "throughput, location, sha256, rows per table."),
+            ),
+            dg.AssetSpec(
+                retention_key, deps=[backup_key], group_name=target, kinds={store_kind}, owners=cfg.defaults.owners,
+                tags=tags,
+                description=(
+                    f"The retention policy of `{target}`, applied right after each backup (keep {policy.keep_daily} "
+                    f"daily, {policy.keep_weekly} weekly, {policy.keep_monthly} monthly; nothing younger than "
+                    f"{policy.min_age_days} days; never the newest valid or verified backup; stops and deletes "
+                    "nothing while any backup's state is unknown). Records what it kept, deleted and why."),
+            ),
+        ],
+        can_subset=False,   # one click backs up and applies retention; retention alone is `dbops retention`
+        pool=names.server_pool(cfg, target),
+        # Transient failures (server restarting, store unreachable) are retried with backoff.
+        retry_policy=dg.RetryPolicy(max_retries=defaults.run_retries, delay=defaults.retry_delay_seconds,
+                                    backoff=dg.Backoff.EXPONENTIAL) if defaults.run_retries else None,
     )
-    def backup(context: dg.AssetExecutionContext, config: BackupRunConfig, dbops: DbopsFleet) -> dg.MaterializeResult:
-        ctx = dbops.context()
-        fleet_cfg = ctx.config
+    def backup(context: dg.AssetExecutionContext, config: BackupRunConfig, dbops: DbopsFleet):
+        ctx = fleet_context(context, dbops)
 
         def log_progress(p: Progress) -> None:
             context.log.info(f"{target}: {p.raw_bytes / MIB:.1f} MiB dumped, {p.stored_bytes / MIB:.1f} MiB stored, "
                              f"{p.rate / MIB:.1f} MiB/s")
 
-        try:
+        with core_call(context, transient_retries=True):
             manifest = fleet.backup_target(
                 ctx, target, config.kind, tuple(config.tables), progress=log_progress,
                 on_warning=lambda line: context.log.warning(f"pg_dump: {line}"),
             )
-        except TRANSIENT as exc:
-            retries = fleet_cfg.defaults.run_retries
-            context.log.error(redact(exc.message))
-            if context.retry_number < retries:
-                raise dg.RetryRequested(
-                    max_retries=retries, seconds_to_wait=fleet_cfg.defaults.retry_delay_seconds * 2**context.retry_number
-                ) from as_failure(exc)
-            raise as_failure(exc) from None
-        except DbopsError as exc:
-            raise as_failure(exc) from None
         context.log.info(f"backup {manifest.backup_id} stored at {manifest.location} ({manifest.stored_bytes} bytes)")
-        return dg.MaterializeResult(metadata=manifest_metadata(manifest))
+        yield dg.MaterializeResult(asset_key=backup_key, metadata=manifest_metadata(manifest))
+
+        with core_call(context):   # not retried: that would make another backup
+            outcome = fleet.apply_retention(ctx, target)
+        context.log.info(outcome.plan.summary())
+        if outcome.blocked:
+            # Nothing of this target was deleted; failing the step makes the alert sensor say so.
+            raise fail_loudly(
+                f"retention of {target} stopped, nothing deleted: " + "; ".join(outcome.blocked[target])
+                + "\n\nWhat to do: find out why these backups cannot be read or trusted (`dbops backups list`), fix "
+                "or remove them by hand, then run `dbops retention` or the next backup.", "RetentionBlocked")
+        yield dg.MaterializeResult(asset_key=retention_key, metadata=retention_metadata(outcome))
 
     return backup
 
 
 def build_integrity_check(target: str) -> dg.AssetChecksDefinition:
+    backup_key = names.asset_key(target, BACKUP)
+
     @dg.asset_check(
-        asset=backup_asset_key(target),
-        name="stored_backup_integrity",
+        asset=backup_key,
+        name=STORED_BACKUP_INTEGRITY,
         description="Re-reads the newest stored backup, verifies its sha256, decrypts and authenticates every "
         "record, and lists the archive with pg_restore --list.",
     )
     def integrity(context: dg.AssetCheckExecutionContext, dbops: DbopsFleet) -> dg.AssetCheckResult:
-        event = context.instance.get_latest_materialization_event(backup_asset_key(target))
+        event = context.instance.get_latest_materialization_event(backup_key)
         if event is None or "backup_id" not in event.asset_materialization.metadata:
             return dg.AssetCheckResult(passed=False, metadata={"finding": "no backup has been recorded yet"})
         backup_id = event.asset_materialization.metadata["backup_id"].value
-        ctx = dbops.context()  # dbops.yaml, the store and the keys, once per evaluation
+        ctx = fleet_context(context, dbops)
         try:
-            entry = find_backup(ctx.store, ctx.read_keys, backup_id)
-            report = check_backup(ctx.store, entry.manifest, ctx.read_keys, ctx.config.defaults.pg_bin_dir)
-        except DbopsError as exc:
-            return dg.AssetCheckResult(
-                passed=False,
-                metadata={"backup_id": backup_id, "finding": redact(exc.message), "what_to_do": exc.hint or ""},
-            )
+            with core_call(context):
+                entry = find_backup(ctx.store, ctx.read_keys, backup_id)
+                report = check_backup(ctx.store, entry.manifest, ctx.read_keys, ctx.config.defaults.pg_bin_dir)
+        except dg.Failure as failure:
+            # A finding about the backup (or why it could not be read), not a failed run.
+            return dg.AssetCheckResult(passed=False, metadata={"backup_id": backup_id, "finding": failure.description or ""})
         return dg.AssetCheckResult(
             passed=True,
             metadata={
@@ -158,74 +177,26 @@ def build_integrity_check(target: str) -> dg.AssetChecksDefinition:
     return integrity
 
 
-def build_retention_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
-    policy = cfg.retention_for(target)
-
-    @dg.asset(
-        key=retention_asset_key(target),
-        deps=[backup_asset_key(target)],
-        group_name="backups",
-        kinds={"s3"},
-        owners=cfg.defaults.owners,
-        tags={"dbops/target": target},
-        description=(
-            f"Applies the retention policy of `{target}` after each backup (keep {policy.keep_daily} daily, "
-            f"{policy.keep_weekly} weekly, {policy.keep_monthly} monthly; nothing younger than "
-            f"{policy.min_age_days} days; never the newest valid or verified backup). Records what it deleted and why."
-        ),
+def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
+    assets = build_backup_assets(cfg, target)
+    job = dg.define_asset_job(
+        names.job_name("backup", target),
+        selection=dg.AssetSelection.assets(*assets.keys),   # with the integrity check; verification is its own job
+        description=f"Back up `{target}`, apply retention, check the stored object.",
+        tags=names.target_tags(cfg, target, BACKUP, config_sha256),
     )
-    def retention(context: dg.AssetExecutionContext, dbops: DbopsFleet) -> dg.MaterializeResult:
-        try:
-            outcome = fleet.apply_retention(dbops.context(), target)
-        except DbopsError as exc:
-            raise as_failure(exc) from None
-        context.log.info(outcome.plan.summary())
-        rows = [dg.TableRecord({"backup_id": d.backup_id, "started_at": d.started_at.isoformat(),
-                                "action": "keep" if d.keep else "delete", "reasons": "; ".join(d.reasons)})
-                for d in outcome.plan.decisions]
-        if outcome.blocked:
-            # Nothing of this target was deleted; failing the step makes the alert sensor say so.
-            raise dg.Failure(
-                description=redact(f"retention of {target} stopped, nothing deleted: " + "; ".join(outcome.blocked[target]))
-                + "\n\nWhat to do: find out why these backups cannot be read or trusted (`dbops backups list`), fix or "
-                "remove them by hand, then run retention again.",
-                metadata={"error": "RetentionBlocked"}, allow_retries=False)
-        return dg.MaterializeResult(metadata={
-            "deleted": dg.MetadataValue.int(len(outcome.deleted)),
-            "kept": dg.MetadataValue.int(len(outcome.plan.to_keep)),
-            "deleted_ids": dg.MetadataValue.json(outcome.deleted),
-            "swept_leftovers": dg.MetadataValue.json(outcome.swept),
-            "plan": dg.MetadataValue.table(
-                records=rows,
-                schema=dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in ("backup_id", "started_at", "action", "reasons")]),
-            ),
-        })
-
-    return retention
+    cron, tz = cfg.schedule_for(target)
+    schedule = dg.ScheduleDefinition(
+        name=names.schedule_name("backup", target), job=job, cron_schedule=cron, execution_timezone=tz,
+        default_status=dg.DefaultScheduleStatus.RUNNING, description=f"Backs up `{target}` at `{cron}` ({tz}).",
+    )
+    return dg.Definitions(assets=[assets], asset_checks=[build_integrity_check(target)], jobs=[job], schedules=[schedule])
 
 
-def backup_job_name(target: str) -> str:
-    return f"backup_{target}"
+def conditions(ctx: FleetContext, target: str, now: datetime):
+    rule = Staleness(target, "backup_stale", "valid full backup", "critical",
+                     timedelta(hours=ctx.config.rpo_hours_for(target)))
+    return staleness_observations(rule, lambda: last_full_backup_at(ctx, target, now), now)
 
 
-def build_backup_defs(cfg: FleetConfig) -> dg.Definitions:
-    assets, checks, jobs, schedules = [], [], [], []
-    for target in sorted(cfg.targets):
-        assets += [build_backup_asset(cfg, target), build_retention_asset(cfg, target)]
-        checks.append(build_integrity_check(target))
-        job = dg.define_asset_job(
-            backup_job_name(target),
-            # Only the integrity check: restore verification runs on its own schedule.
-            selection=dg.AssetSelection.assets(backup_asset_key(target), retention_asset_key(target)).without_checks()
-            | dg.AssetSelection.checks(dg.AssetCheckKey(backup_asset_key(target), "stored_backup_integrity")),
-            description=f"Back up `{target}`, check the stored object, then apply retention.",
-            tags={"dbops/target": target, "dbops/server": cfg.server_of(target)},
-        )
-        jobs.append(job)
-        cron, tz = cfg.schedule_for(target)
-        schedules.append(dg.ScheduleDefinition(
-            name=f"backup_{target}_schedule", job=job, cron_schedule=cron, execution_timezone=tz,
-            default_status=dg.DefaultScheduleStatus.RUNNING,
-            description=f"Backs up `{target}` at `{cron}` ({tz}).",
-        ))
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules)
+SPEC = FeatureSpec(name=BACKUP, build=build, conditions=conditions)

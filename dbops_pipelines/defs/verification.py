@@ -1,31 +1,33 @@
-"""Restore verification in Dagster: per target, a `restore_verification` check on the backup
-asset, a job that runs only that check, and a weekly schedule.
+"""Restore verification in Dagster. Per target: a `restore_verification` asset downstream of the
+backup, whose materialization is one verification (its sealed report is kept in the store) and
+whose `restored_copy_matches` check says whether the restored copy matched the manifest; a job,
+a weekly schedule, and the "no passing verification recently" alert condition.
 
-A check rather than an asset: a verification produces no data of its own; it judges the backup
-asset, and its pass/fail history belongs on that asset's page next to the backup it judged.
-It is a standalone check so it can run alone (backups don't wait for it) and take launchpad
-config. It takes the same per-server pool as backups, so they never overload one server together.
+An asset of its own, not a check on the backup asset: "Materialize" on the backup asset must
+make a backup, not also run a whole restore; and the verification's evidence and freshness get
+their own node in the lineage. It takes the per-server pool, so backups and verifications never
+overload one server together. A verification that cannot run (no key, server down, no
+CREATEDB) fails the run with the reason; it is never recorded as a failed backup.
 """
+
+from datetime import datetime, timedelta
 
 import dagster as dg
 
+from dbops_pipelines.alerts.conditions import Staleness, staleness_observations
 from dbops_pipelines.config import FleetConfig
-from dbops_pipelines.redact import redact
-from dbops_pipelines.defs.backups import backup_asset_key, server_pool
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.defs import names
+from dbops_pipelines.defs.names import BACKUP, RESTORE_VERIFICATION, RESTORED_COPY_MATCHES
 from dbops_pipelines.defs.resources import DbopsFleet
-from dbops_pipelines.errors import DbopsError
+from dbops_pipelines.defs.spec import FeatureSpec, core_call, fleet_context
+from dbops_pipelines.inventory import last_verified_at
 from dbops_pipelines.verification.report import VerificationReport, report_key
 from dbops_pipelines.verification.runner import verify_backup
 
-CHECK_NAME = "restore_verification"
-
-
-def verification_check_key(target: str) -> dg.AssetCheckKey:
-    return dg.AssetCheckKey(backup_asset_key(target), CHECK_NAME)
-
 
 class VerifyConfig(dg.Config):
-    """Launchpad options: leave backup_id empty to verify the newest valid backup."""
+    """Launchpad options: leave backup_id empty to verify the newest full backup."""
 
     backup_id: str | None = None
 
@@ -47,58 +49,75 @@ def report_metadata(report: VerificationReport, location: str) -> dict:
         "findings": dg.MetadataValue.md("\n".join(f"- **{f.severity}** {f.kind}: {f.message}" for f in report.findings) or "none"),
         "sanity_checks": dg.MetadataValue.json(report.sanity),
         "scratch_database": f"{report.scratch_database} on {report.server} (dropped)",
+        # staging | same_server (production carried the restore; see docs/verification.md) | same_server_on_purpose
+        "restored_on": report.server_role or "unknown",
+        **({"server_notice": dg.MetadataValue.md(f"**WARNING** {report.server_notice}")} if report.server_notice else {}),
         "report": dg.MetadataValue.text(location),
     }
 
 
-def build_verification_check(cfg: FleetConfig, target: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=backup_asset_key(target),
-        name=CHECK_NAME,
-        pool=server_pool(cfg, target),
+def build_verification_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
+    key = names.asset_key(target, RESTORE_VERIFICATION)
+    settings = cfg.verification_for(target)
+
+    @dg.asset(
+        key=key,
+        deps=[names.asset_key(target, BACKUP)],
+        group_name=target,
+        kinds={"postgres", names.storage_kind(cfg)},
+        owners=cfg.defaults.owners,
+        tags={names.TARGET_TAG: target, names.FEATURE_TAG: RESTORE_VERIFICATION},
+        pool=names.server_pool(cfg, target),
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=settings.max_age_days)),
+        check_specs=[dg.AssetCheckSpec(
+            RESTORED_COPY_MATCHES, asset=key,
+            description="The restored copy matched the manifest: rows, content checksums, schema, sanity queries.")],
         description=f"Restores a backup of `{target}` into a scratch database, compares every table's rows, content "
         "checksums and the schema (incl. RLS policies) with the manifest, runs the sanity queries, measures the RTO, "
-        "and always drops the scratch database. The report is kept in the backup store.",
+        "and always drops the scratch database. The sealed report is kept in the backup store.",
     )
-    def restore_verification(context: dg.AssetCheckExecutionContext, config: VerifyConfig, dbops: DbopsFleet) -> dg.AssetCheckResult:
-        ctx = dbops.context()
-        try:
-            report = verify_backup(ctx, target, config.backup_id, run_id=context.run.run_id, log=context.log.info)
-        except DbopsError as exc:
-            message = redact(exc.message)
-            context.log.error(message)
-            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                                       metadata={"outcome": "not run", "finding": message, "what_to_do": exc.hint or ""})
+    def restore_verification(context: dg.AssetExecutionContext, config: VerifyConfig, dbops: DbopsFleet):
+        ctx = fleet_context(context, dbops)
+
+        def log(line: str) -> None:
+            (context.log.warning if line.startswith("WARNING") else context.log.info)(line)
+
+        with core_call(context):
+            report = verify_backup(ctx, target, config.backup_id, run_id=context.run.run_id, log=log)
         (context.log.info if report.passed else context.log.error)(report.summary())
-        location = ctx.store.location(report_key(report))
-        return dg.AssetCheckResult(
+        metadata = report_metadata(report, ctx.store.location(report_key(report)))
+        yield dg.MaterializeResult(metadata=metadata)
+        yield dg.AssetCheckResult(
+            check_name=RESTORED_COPY_MATCHES,
             passed=report.passed,  # the one meaning of "verified"; warnings are in the metadata
             severity=dg.AssetCheckSeverity.WARN if report.passed else dg.AssetCheckSeverity.ERROR,
-            metadata=report_metadata(report, location),
+            metadata={"backup_id": report.backup_id, "outcome": report.outcome, "findings": metadata["findings"]},
             description=report.summary(),
         )
 
     return restore_verification
 
 
-def verify_job_name(target: str) -> str:
-    return f"verify_{target}"
+def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
+    asset = build_verification_asset(cfg, target)
+    job = dg.define_asset_job(
+        names.job_name("verify", target), selection=dg.AssetSelection.assets(asset.key),
+        description=f"Restore-verify a backup of `{target}` (the newest full one unless backup_id is given).",
+        tags=names.target_tags(cfg, target, RESTORE_VERIFICATION, config_sha256),
+    )
+    settings = cfg.verification_for(target)
+    schedule = dg.ScheduleDefinition(
+        name=names.schedule_name("verify", target), job=job, cron_schedule=settings.schedule,
+        execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Verifies the newest backup of `{target}` at `{settings.schedule}` ({settings.timezone}).",
+    )
+    return dg.Definitions(assets=[asset], jobs=[job], schedules=[schedule])
 
 
-def build_verification_defs(cfg: FleetConfig) -> dg.Definitions:
-    checks, jobs, schedules = [], [], []
-    for target in sorted(cfg.targets):
-        checks.append(build_verification_check(cfg, target))
-        job = dg.define_asset_job(
-            verify_job_name(target), selection=dg.AssetSelection.checks(verification_check_key(target)),
-            description=f"Restore-verify a backup of `{target}` (the newest valid one unless backup_id is given).",
-            tags={"dbops/target": target, "dbops/server": cfg.server_of(target)},
-        )
-        jobs.append(job)
-        settings = cfg.verification_for(target)
-        schedules.append(dg.ScheduleDefinition(
-            name=f"verify_{target}_schedule", job=job, cron_schedule=settings.schedule,
-            execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
-            description=f"Verifies the newest backup of `{target}` at `{settings.schedule}` ({settings.timezone}).",
-        ))
-    return dg.Definitions(asset_checks=checks, jobs=jobs, schedules=schedules)
+def conditions(ctx: FleetContext, target: str, now: datetime):
+    rule = Staleness(target, "verification_stale", "passing restore verification", "warning",
+                     timedelta(days=ctx.config.verification_for(target).max_age_days))
+    return staleness_observations(rule, lambda: last_verified_at(ctx, target), now)
+
+
+SPEC = FeatureSpec(name=RESTORE_VERIFICATION, build=build, conditions=conditions)

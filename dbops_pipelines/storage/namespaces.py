@@ -9,8 +9,9 @@ VERIFICATIONS = "_verifications/"  # _verifications/<target>/<backup_id>/<stamp>
 WAL = "wal/"                      # wal/<cluster>/...          (point-in-time recovery)
 REPORTS = "reports/"              # reports/...                (stats reports)
 LEDGER = "ledger/"                # ledger/...                 (GDPR erasure ledger)
+ALERTS = "_alerts/"               # _alerts/open.json          (open alerts, rewritten by the alert sensor)
 
-ALL = (BACKUPS, VERIFICATIONS, WAL, REPORTS, LEDGER)
+ALL = (BACKUPS, VERIFICATIONS, WAL, REPORTS, LEDGER, ALERTS)
 
 
 def backups_of(target: str | None = None) -> str:

@@ -58,6 +58,12 @@ class VerificationReport:
     tables: list[TableResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     sanity: list[dict] = field(default_factory=list)
+    # Where the restore ran (scratch.py): "staging", "same_server" (the target's own server, warned
+    # about) or "same_server_on_purpose"; None in reports written before it was recorded.
+    server_role: str | None = None
+    # The same-server warning, when there is one. Not a finding: findings are evidence about the
+    # backup, and this is about where it was checked; it never changes `passed` or `outcome`.
+    server_notice: str | None = None
 
     nonce: str = field(default_factory=lambda: secrets.token_hex(4))
 
@@ -79,19 +85,22 @@ class VerificationReport:
         return "passed_with_warnings" if self.findings else "passed"
 
     def summary(self) -> str:
+        note = f"; note: restored on the production server {self.server}, no staging server" if self.server_notice else ""
         if not self.findings:
-            return f"backup {self.backup_id} verified: {len(self.tables)} tables match, restored in {self.rto_seconds:.1f} s"
+            return f"backup {self.backup_id} verified: {len(self.tables)} tables match, restored in {self.rto_seconds:.1f} s{note}"
         errors = [f for f in self.findings if f.severity == "error"] or self.findings
         shown = "; ".join(f.message for f in errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         verdict = "FAILED verification" if not self.passed else "verified with warnings"
-        return f"backup {self.backup_id} {verdict}: {shown}"
+        return f"backup {self.backup_id} {verdict}: {shown}{note}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed, "outcome": self.outcome}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "VerificationReport":
-        known = set(cls.__dataclass_fields__)  # fields added later are ignored
+        # Fields this version does not know are ignored; fields older reports lack (server_role,
+        # server_notice...) take their defaults: every report ever sealed stays readable.
+        known = set(cls.__dataclass_fields__)
         raw = {k: v for k, v in raw.items() if k in known}
         raw["tables"] = [TableResult(**t) for t in raw.get("tables", [])]
         raw["findings"] = [Finding(**f) for f in raw.get("findings", [])]

@@ -21,7 +21,8 @@ from dbops_pipelines.table_selection import create_schemas
 from dbops_pipelines.verification.compare import compare_fingerprints, compare_tables, rto_finding
 from dbops_pipelines.verification.report import Finding, VerificationReport, save_report
 from dbops_pipelines.verification.sanity import run_sanity_checks
-from dbops_pipelines.verification.scratch import ScratchDatabase, admin_dsn, scratch_name, server_label, sweep_stale
+from dbops_pipelines.verification.scratch import (SAME_SERVER, ScratchDatabase, admin_dsn, same_server_notice, scratch_name,
+                                                  server_label, server_role, sweep_stale)
 
 
 def pick_backup(ctx: FleetContext, target: str, backup_id: str | None) -> BackupEntry:
@@ -93,7 +94,9 @@ def verify_backup(
     except EncryptionKeyError as exc:
         raise VerificationNotRun(f"verification of {manifest.backup_id} not run: {exc.message}", exc.hint) from None
     started = datetime.now(timezone.utc)
-    admin = admin_dsn(cfg.target(target).dsn, settings.server_dsn)
+    target_dsn = cfg.target(target).dsn
+    admin = admin_dsn(target_dsn, settings.server_dsn)
+    role = server_role(target_dsn, settings.server_dsn, bool(settings.same_server_on_purpose))
     try:
         swept = sweep_stale(admin, target, started)
     except DbopsError as exc:
@@ -104,9 +107,12 @@ def verify_backup(
     report = VerificationReport(
         backup_id=manifest.backup_id, target=target, verified_at=started.isoformat(), run_id=run_id,
         scratch_database=name, server=server_label(admin), rto_seconds=None,
-        rto_objective_seconds=settings.rto_objective_seconds,
+        rto_objective_seconds=settings.rto_objective_seconds, server_role=role,
     )
-    log(f"verifying {manifest.backup_id} in scratch database {name} on {report.server}")
+    if role == SAME_SERVER:
+        report.server_notice = same_server_notice(target, report.server, settings.server_dsn)
+        log(f"WARNING: {report.server_notice}")
+    log(f"verifying {manifest.backup_id} in scratch database {name} on {report.server} ({role.replace('_', ' ')})")
     try:
         with ScratchDatabase(admin, name) as scratch:
             _restore_and_compare(ctx, settings, manifest, scratch, report, log)

@@ -1,0 +1,175 @@
+"""The Dagster layer's shape: a feature plugs in by its SPEC alone (its failures and silence rules
+alert without touching the sensor), runs launched from an asset page alert like scheduled ones,
+dbops.yaml is read once per code-location load, and clusters' pool limits reach the instance."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+
+from dbops_pipelines.alerts.conditions import Staleness, staleness_observations
+from dbops_pipelines.config import load_config
+from dbops_pipelines.defs import names
+from dbops_pipelines.defs.alerts import alert_scope, evaluate_alerts
+from dbops_pipelines.defs.pools import apply_pool_limits
+from dbops_pipelines.defs.spec import FeatureSpec, discover_features
+from dbops_pipelines.definitions import build_definitions
+
+UNREACHABLE = "postgresql://dbops@127.0.0.1:1/app"
+
+
+def canary_feature() -> FeatureSpec:
+    """A feature the sensor has never heard of: an asset whose check fails, a job whose run
+    fails, and a silence rule that never had what it waits for."""
+
+    def build(cfg, target, sha256):
+        key = names.asset_key(target, "canary")
+
+        @dg.asset(key=key, group_name=target, tags={names.TARGET_TAG: target, names.FEATURE_TAG: "canary"},
+                  check_specs=[dg.AssetCheckSpec("canary_sings", asset=key)])
+        def canary():
+            yield dg.MaterializeResult()
+            yield dg.AssetCheckResult(check_name="canary_sings", passed=False, description="the canary is silent")
+
+        @dg.asset(key=names.asset_key(target, "broken_canary"), group_name=target,
+                  tags={names.TARGET_TAG: target, names.FEATURE_TAG: "canary"})
+        def broken_canary():
+            raise dg.Failure(description="the canary fell off its perch")
+
+        job = dg.define_asset_job(f"canary_{target}", selection=[key],
+                                  tags=names.target_tags(cfg, target, "canary", sha256))
+        return dg.Definitions(assets=[canary, broken_canary], jobs=[job])
+
+    def conditions(ctx, target, now):
+        return staleness_observations(Staleness(target, "backup_stale", "canary song", "warning", timedelta(hours=1)),
+                                      lambda: None, now)
+
+    return FeatureSpec(name="canary", build=build, conditions=conditions)
+
+
+def tick(defs, specs, instance, path, cursor=None, now=None) -> str:
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    return evaluate_alerts(ctx, load_config(path), alert_scope(defs), specs, now=now).cursor
+
+
+def test_a_new_feature_alerts_without_editing_the_sensor(write_config, http_receiver, sample_app):
+    path = write_config({"app": sample_app["dsn"]}, alerts={"sinks": [
+        {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    specs = [canary_feature()]
+    defs = build_definitions(path, specs=specs)
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def("canary_app").execute_in_process(instance=instance).success
+        # Launched like the UI's "Materialize" on the asset page: the implicit job, no job tags.
+        implicit = defs.get_repository_def().get_implicit_job_def_for_assets([names.asset_key("app", "broken_canary")])
+        failed = implicit.execute_in_process(instance=instance, asset_selection=[names.asset_key("app", "broken_canary")],
+                                             raise_on_error=False)
+        assert not failed.success
+        tick(defs, specs, instance, path)
+    fired = {r.body["alert"]["key"]: r.body["alert"] for r in http_receiver.received("/hook")}
+    assert fired["app/check_failed/canary_sings"]["error_excerpt"] == "the canary is silent"
+    run_alert = fired["app/run_failed/canary"]
+    assert run_alert["run_id"] == failed.run_id and "fell off its perch" in run_alert["error_excerpt"]
+    assert run_alert["title"] == "run of canary of app (from the asset page) failed"
+    assert "no canary song" in fired["app/backup_stale"]["title"]
+
+
+def test_features_are_found_by_their_spec():
+    assert {s.name for s in discover_features()} >= {names.BACKUP, names.RESTORE_VERIFICATION}
+
+
+def test_dbops_yaml_is_read_once_per_code_location_load(write_config, sample_app, tmp_path):
+    path = write_config({"app": sample_app["dsn"]})
+    defs = build_definitions(path)
+    job = defs.resolve_job_def("backup_app")
+    launched_with = job.tags[names.CONFIG_TAG]
+    resource = defs.resources["dbops"]
+    assert resource.snapshot_sha256() == launched_with
+    # Editing the file after the load changes nothing for this load's assets and sensor...
+    path.write_text(path.read_text().replace("app:", "renamed:"))
+    assert set(resource.config().targets) == {"app"}
+    # ... until the code location is loaded again, which also tells runs from the old load apart.
+    reloaded = build_definitions(path)
+    assert reloaded.resources["dbops"].snapshot_sha256() != launched_with
+    assert set(reloaded.resources["dbops"].config().targets) == {"renamed"}
+
+
+def test_a_run_launched_from_an_older_config_says_so(write_config, sample_app):
+    path = write_config({"app": sample_app["dsn"]})
+    defs = build_definitions(path)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("backup_app").execute_in_process(
+            instance=instance, tags={names.CONFIG_TAG: "0" * 64})
+        assert result.success
+        logs = [r.user_message for r in instance.all_logs(result.run_id)]
+    assert any("dbops.yaml changed between the launch of this run and its start" in m for m in logs)
+
+
+def test_cluster_pool_limits_reach_the_instance(write_config, sample_app):
+    path = write_config({"app": {"dsn": sample_app["dsn"], "cluster": "main"}},
+                        clusters={"main": {"pool_limit": 3}, "idle": {}})
+    defs = build_definitions(path)
+    pool = defs.resolve_assets_def(names.asset_key("app", names.BACKUP)).op.pool
+    assert pool == "pg_server_main"
+    with dg.instance_for_test() as instance:
+        assert apply_pool_limits(instance, load_config(path)) == ["pg_server_main: default -> 3"]
+        assert instance.event_log_storage.get_concurrency_info(pool).slot_count == 3
+        assert apply_pool_limits(instance, load_config(path)) == []   # already right: nothing written
+        sensor = defs.resolve_sensor_def(names.POOL_SENSOR)
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_store_conditions_never_resolve_on_a_store_that_cannot_be_opened(write_config, http_receiver, monkeypatch):
+    """A target never backed up fires backup_stale; when the key disappears from the environment
+    the store cannot be judged: store_unreadable fires and backup_stale stays open."""
+    path = write_config({"app": UNREACHABLE}, alerts={"sinks": [
+        {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    specs = discover_features()
+    with dg.instance_for_test() as instance:
+        cursor = tick(defs, specs, instance, path)
+        assert "app/backup_stale" in json.loads(cursor)["open"]
+        monkeypatch.delenv("DBOPS_TEST_BACKUP_KEY")
+        later = datetime.now(timezone.utc) + timedelta(minutes=1)
+        cursor = tick(defs, specs, instance, path, cursor, now=later)
+    events = [(r.body["event"], r.body["alert"]["key"]) for r in http_receiver.received("/hook")]
+    assert ("firing", "app/store_unreadable/backup_stale") in events
+    assert ("resolved", "app/backup_stale") not in events
+    assert "app/backup_stale" in json.loads(cursor)["open"]
+
+
+def test_snapshot_of_all_definitions(write_config, sample_app):
+    """Everything a two-target fleet shows in the UI, by name: a change to any of it is deliberate."""
+    path = write_config({"app": sample_app["dsn"], "billing": {"dsn": sample_app["dsn"], "cluster": "main"}},
+                        clusters={"main": {"pool_limit": 2}})
+    repo = build_definitions(path).get_repository_def()
+    graph = repo.asset_graph
+    assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
+        "app/backup", "app/backup_retention", "app/restore_verification",
+        "billing/backup", "billing/backup_retention", "billing/restore_verification"]
+    assert sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys) == [
+        "app/backup:stored_backup_integrity", "app/restore_verification:restored_copy_matches",
+        "billing/backup:stored_backup_integrity", "billing/restore_verification:restored_copy_matches"]
+    assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"app", "billing"}
+    assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
+        "backup_app", "backup_billing", "verify_app", "verify_billing"]
+    assert sorted(s.name for s in repo.schedule_defs) == [
+        "backup_app_schedule", "backup_billing_schedule", "verify_app_schedule", "verify_billing_schedule"]
+    assert sorted(s.name for s in repo.sensor_defs) == ["dbops_alerts", "dbops_pool_limits"]
+    # A local-directory store is shown as what it is, never as S3.
+    assert graph.get(names.asset_key("app", "backup")).kinds == {"postgres", "file"}
+
+
+def test_the_sensor_publishes_open_alerts_for_dbops_alerts(write_config, capsys):
+    """Without any sink, an operator still sees what is open: the tick publishes it, `dbops alerts` lists it."""
+    from dbops_pipelines.cli import main
+
+    path = write_config({"app": UNREACHABLE})
+    defs = build_definitions(path)
+    with dg.instance_for_test() as instance:
+        tick(defs, discover_features(), instance, path)
+    assert main(["alerts", "--json"]) == 1
+    board = json.loads(capsys.readouterr().out)
+    assert board["sensor_running"] is True
+    assert {a["key"] for a in board["alerts"]} == {"app/backup_stale", "app/verification_stale"}
