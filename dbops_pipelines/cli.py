@@ -1,7 +1,7 @@
 """`dbops`: the operators' and scripts' face of the core. Argument parsing and printing only.
 
 Exit codes: 0 success, 1 the operation failed (the message says what to do) or, for `verify`,
-the backup did not verify; 2 bad usage (including a malformed --to); 130 interrupted by Ctrl-C,
+the backup did not verify, for `alerts`, alerts are open or the alert sensor is not running; 2 bad usage (including a malformed --to); 130 interrupted by Ctrl-C,
 143 by SIGTERM (children stopped, nothing half-done kept); 141 the reader of stdout went away.
 """
 
