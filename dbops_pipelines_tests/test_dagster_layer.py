@@ -173,3 +173,44 @@ def test_the_sensor_publishes_open_alerts_for_dbops_alerts(write_config, capsys)
     board = json.loads(capsys.readouterr().out)
     assert board["sensor_running"] is True
     assert {a["key"] for a in board["alerts"]} == {"app/backup_stale", "app/verification_stale"}
+
+
+def test_terminating_a_verification_run_drops_its_scratch_database(write_config, sample_app, pg_cluster):
+    """Dagster's "Terminate run" sends SIGTERM to the step's process. Inside the asset it unwinds
+    like Ctrl-C: the query is cancelled, the scratch database dropped, no report recorded, the run
+    fails. (Without the handler, SIGTERM would end the process on the spot and leave it all behind.)"""
+    import os
+    import signal
+    import threading
+    import time
+
+    from dbops_pipelines import fleet
+    from dbops_pipelines.context import FleetContext
+
+    path = write_config({"app": {"dsn": sample_app["dsn"], "verification": {"sanity_checks": [
+        {"name": "slow", "sql": "SELECT pg_sleep(30) IS NOT NULL", "expect": True}]}}})
+    fleet.backup_target(FleetContext(load_config(path)), "app")
+    defs = build_definitions(path)
+    sent = threading.Event()
+
+    def terminate_during_the_sanity_query():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = pg_cluster.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'")
+            if rows[0][0]:
+                os.kill(os.getpid(), signal.SIGTERM)
+                sent.set()
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=terminate_during_the_sanity_query, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("verify_app").execute_in_process(instance=instance, raise_on_error=False)
+    watcher.join(5)
+    assert sent.is_set() and not result.success
+    assert time.monotonic() - started < 25   # the 30 s query was cancelled, not waited out
+    left = pg_cluster.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbops_verify_%'")
+    assert left == []
+    assert not list((path.parent / "store").rglob("_verifications/*"))
