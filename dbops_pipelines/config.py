@@ -352,7 +352,12 @@ def load_config_snapshot(path: str | Path | None = None) -> tuple[FleetConfig, s
         )
     data = path.read_bytes()
     try:
-        raw = yaml.load(data.decode("utf-8", errors="replace"), Loader=_UniqueKeyLoader) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not valid UTF-8 (byte {exc.start} cannot be decoded)",
+                          "save the file as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc.message}", exc.hint) from None
     except yaml.YAMLError as exc:

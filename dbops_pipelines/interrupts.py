@@ -1,7 +1,7 @@
 """SIGTERM handled like Ctrl-C: the one place that installs the handler.
 
-Python's default action for SIGTERM (what Dagster sends when a run is terminated, what systemd,
-Docker and Kubernetes send to stop a service) ends the process on the spot: no ``finally`` runs,
+Python's default action for SIGTERM (what systemd, Docker and Kubernetes send to stop a service,
+and a run launcher or container runtime to stop a run worker) ends the process on the spot: no ``finally`` runs,
 so pg_dump/pg_restore outlive it, a decrypted dump stays in the temp directory, an upload stays
 open and a scratch database stays behind. Inside ``sigterm_as_interrupt()`` SIGTERM raises
 ``Terminated``, a KeyboardInterrupt, in the main thread, so exactly the clean-up that runs for

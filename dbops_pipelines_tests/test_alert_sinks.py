@@ -528,3 +528,55 @@ def test_the_documented_file_sink_is_valid(tmp_path):
     assert isinstance(sink, FileSink) and sink.min_severity == "info"
     example = json.loads(re.search(r"## A local file.*?```json\n(.*?)```", text, re.S)[1])
     assert set(example) == {"at", "event", "subject", "alert"} and set(example["alert"]) == set(make_alert().to_dict())
+
+
+def test_a_hanging_sink_delays_no_other_and_the_tick_keeps_its_budget(http_receiver):
+    """A webhook that accepts the connection and never answers (its process is stuck) must not
+    hold the sensor tick past its budget, nor delay the sinks beside it."""
+    import socket
+    import time
+    from datetime import datetime, timezone
+
+    from dbops_pipelines.alerts.dispatch import AlertState
+
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(8)   # connections are accepted by the kernel; nothing ever answers
+    try:
+        sinks = [WebhookSink(f"http://127.0.0.1:{stuck.getsockname()[1]}/hook", timeout=20),
+                 WebhookSink(http_receiver.url("/hook"))]
+        started = time.monotonic()
+        results = deliver([firing()], sinks, budget_seconds=1.5, **NO_SLEEP)
+        assert time.monotonic() - started < 5
+    finally:
+        stuck.close()
+    assert [(r.ok, r.sink.startswith("webhook http://127.0.0.1")) for r in results] == [(False, True), (True, True)]
+    assert "retried next tick" in results[0].error
+    assert len(http_receiver.received("/hook")) == 1
+    state = AlertState()
+    state.record_failures(results, datetime.now(timezone.utc), [firing()])
+    assert [(p["sink"], p["kind"]) for p in state.pending] == [(results[0].sink, "firing")]
+
+
+def test_a_missed_resolve_is_retried_on_the_next_tick(tmp_path):
+    """A "resolved" a sink missed is kept and sent again next tick (else a PagerDuty incident
+    would stay open for ever); once delivered it is forgotten."""
+    from datetime import datetime, timezone
+
+    from dbops_pipelines.alerts.dispatch import AlertState
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the sink's folder should be")
+    sink = FileSink(blocked / "alerts.jsonl")
+    resolved = Notification("resolved", make_alert())
+    state, now = AlertState(), datetime.now(timezone.utc)
+    results = deliver([resolved], [sink], **NO_SLEEP)
+    state.record_failures(results, now, [resolved])
+    assert not results[0].ok and len(state.pending) == 1
+    blocked.unlink()                                   # the disk is fixed
+    retries = state.take_pending()
+    results = deliver([], [sink], retries=retries, **NO_SLEEP)
+    state.record_failures(results, now, [n for n, _ in retries])
+    assert [r.ok for r in results] == [True] and state.pending == []
+    assert [line["event"] for line in file_lines(blocked / "alerts.jsonl")] == ["resolved"]
+    assert AlertState.from_json(state.to_json()).pending == []

@@ -413,3 +413,12 @@ def test_verification_server_dsn_is_checked_too():
 def test_top_level_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         parse_text("- just\n- a list\n", tmp_path)
+
+
+def test_a_config_that_is_not_utf8_is_an_error_not_a_guess(tmp_path):
+    from dbops_pipelines.config import load_config
+
+    path = tmp_path / "dbops.yaml"
+    path.write_bytes(b"targets:\n  app: {dsn: \"postgresql://u@h/app\xff\"}\n")
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        load_config(path)

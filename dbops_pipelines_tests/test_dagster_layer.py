@@ -176,9 +176,9 @@ def test_the_sensor_publishes_open_alerts_for_dbops_alerts(write_config, capsys)
 
 
 def test_terminating_a_verification_run_drops_its_scratch_database(write_config, sample_app, pg_cluster):
-    """Dagster's "Terminate run" sends SIGTERM to the step's process. Inside the asset it unwinds
-    like Ctrl-C: the query is cancelled, the scratch database dropped, no report recorded, the run
-    fails. (Without the handler, SIGTERM would end the process on the spot and leave it all behind.)"""
+    """A SIGTERM to the process running the step (a service manager or container runtime stopping
+    the run worker) unwinds like Ctrl-C: the query is cancelled, the scratch database dropped, no
+    report recorded, the run fails, and nothing is retried."""
     import os
     import signal
     import threading
@@ -210,7 +210,119 @@ def test_terminating_a_verification_run_drops_its_scratch_database(write_config,
         result = defs.resolve_job_def("verify_app").execute_in_process(instance=instance, raise_on_error=False)
     watcher.join(5)
     assert sent.is_set() and not result.success
+    assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     assert time.monotonic() - started < 25   # the 30 s query was cancelled, not waited out
     left = pg_cluster.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbops_verify_%'")
     assert left == []
     assert not list((path.parent / "store").rglob("_verifications/*"))
+
+
+def _check_event(instance, run_id: str, key: dg.AssetCheckKey, passed: bool | None) -> None:
+    """Write what Dagster writes for a check: planned when its run is created (passed=None),
+    evaluated when the run gets to it."""
+    import time
+
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (AssetCheckEvaluation,
+                                                                               AssetCheckEvaluationPlanned)
+    from dagster._core.events import DagsterEvent
+    from dagster._core.events.log import EventLogEntry
+
+    if passed is None:
+        kind, data = dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED, AssetCheckEvaluationPlanned(asset_key=key.asset_key, check_name=key.name)
+    else:
+        kind, data = dg.DagsterEventType.ASSET_CHECK_EVALUATION, AssetCheckEvaluation(
+            asset_key=key.asset_key, check_name=key.name, passed=passed, metadata={},
+            severity=dg.AssetCheckSeverity.ERROR, description=f"run {run_id}")
+    event = DagsterEvent(kind.value, job_name="verify_app", event_specific_data=data)
+    instance.event_log_storage.store_event(EventLogEntry(
+        error_info=None, level="debug", user_message="", run_id=run_id, timestamp=time.time(), dagster_event=event))
+
+
+def test_a_check_that_ends_after_a_later_planned_one_still_alerts(write_config, http_receiver):
+    """Execution ids are given when a check is planned: run A planned, run B planned, B passes,
+    tick, then A fails. A's failure must still alert (a mark at B's id would skip it)."""
+    path = write_config({"app": UNREACHABLE}, alerts={"sinks": [
+        {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    specs = [s for s in discover_features() if s.conditions is None]   # runs and checks only
+    key = names.check_key("app", names.BACKUP, names.STORED_BACKUP_INTEGRITY)
+    with dg.instance_for_test() as instance:
+        _check_event(instance, "run-a", key, None)
+        _check_event(instance, "run-b", key, None)
+        cursor = tick(defs, specs, instance, path)
+        _check_event(instance, "run-b", key, True)
+        cursor = tick(defs, specs, instance, path, cursor)
+        _check_event(instance, "run-a", key, False)
+        tick(defs, specs, instance, path, cursor)
+    fired = [r.body["alert"] for r in http_receiver.received("/hook") if r.body["event"] == "firing"]
+    assert [(a["key"], a["run_id"]) for a in fired] == [("app/check_failed/stored_backup_integrity", "run-a")]
+
+
+def test_materialize_all_alerts_for_the_step_that_failed(write_config, http_receiver, sample_app):
+    """"Materialize all" in a target's group: the backup succeeds, the verification cannot run
+    (its staging server is down). The alert is the verification's; the backup's run alert is not
+    fired, and the check-only run that follows resolves nothing it did not do."""
+    path = write_config({"app": {"dsn": sample_app["dsn"], "verification": {
+        "server_dsn": "postgresql://dbops@127.0.0.1:1/postgres"}}}, alerts={"sinks": [
+            {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    specs = [s for s in discover_features() if s.conditions is None]
+    keys = [names.asset_key("app", a) for a in (names.BACKUP, names.BACKUP_RETENTION, names.RESTORE_VERIFICATION)]
+    implicit = defs.get_repository_def().get_implicit_job_def_for_assets(keys)
+    with dg.instance_for_test() as instance:
+        result = implicit.execute_in_process(instance=instance, asset_selection=keys, raise_on_error=False)
+        assert not result.success
+        cursor = tick(defs, specs, instance, path)
+        check_only = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks(
+            names.check_key("app", names.BACKUP, names.STORED_BACKUP_INTEGRITY)))
+        assert dg.Definitions.merge(defs, dg.Definitions(jobs=[check_only])).resolve_job_def("check_only").execute_in_process(
+            instance=instance).success
+        tick(defs, specs, instance, path, cursor)
+    events = [(r.body["event"], r.body["alert"]["key"]) for r in http_receiver.received("/hook")]
+    assert events == [("firing", "app/run_failed/restore_verification")]
+    [hook] = http_receiver.received("/hook")
+    assert "not run" in hook.body["alert"]["error_excerpt"] or "cannot connect" in hook.body["alert"]["error_excerpt"]
+
+
+def test_an_operators_mistake_fails_the_integrity_run_not_the_backups_check(write_config, sample_app, monkeypatch):
+    """With the key missing from the environment the stored backup cannot be checked: the run
+    fails with the fix, and no failed check is recorded against a good backup."""
+    path = write_config({"app": sample_app["dsn"]})
+    defs = build_definitions(path)
+    check_only = dg.define_asset_job("check_only", selection=dg.AssetSelection.checks(
+        names.check_key("app", names.BACKUP, names.STORED_BACKUP_INTEGRITY)))
+    with_check = dg.Definitions.merge(defs, dg.Definitions(jobs=[check_only]))
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def("backup_app").execute_in_process(instance=instance).success
+        monkeypatch.delenv("DBOPS_TEST_BACKUP_KEY")
+        result = with_check.resolve_job_def("check_only").execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    assert [c for c in result.get_asset_check_evaluations() if not c.passed] == []
+    [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "DBOPS_TEST_BACKUP_KEY" in str(failure.event_specific_data.error)
+
+
+def test_a_partial_backup_target_is_judged_by_its_own_kind(write_config, sample_app):
+    """A target configured `kind: schema` is fresh after its schema backup (not "no valid full
+    backup" forever) and its verification picks that backup."""
+    from dbops_pipelines import fleet
+    from dbops_pipelines.context import FleetContext
+    from dbops_pipelines.defs.backups import conditions
+    from dbops_pipelines.verification.runner import pick_backup
+
+    path = write_config({"app": {"dsn": sample_app["dsn"], "backup": {"kind": "schema"}}})
+    ctx = FleetContext(load_config(path))
+    made = fleet.backup_target(ctx, "app")
+    now = datetime.now(timezone.utc)
+    obs = {o.key: o for o in conditions(ctx, "app", now)}
+    assert obs["app/backup_stale"].firing is False
+    assert pick_backup(ctx, "app", None).backup_id == made.backup_id
+
+
+def test_a_verification_on_staging_takes_the_staging_servers_pool(write_config, sample_app):
+    path = write_config({"app": {"dsn": sample_app["dsn"], "verification": {
+        "server_dsn": "postgresql://dbops@staging.internal:6543/postgres"}}, "billing": sample_app["dsn"]})
+    defs = build_definitions(path)
+    pool = lambda t, a: defs.resolve_assets_def(names.asset_key(t, a)).op.pool  # noqa: E731
+    assert pool("app", names.RESTORE_VERIFICATION) == "pg_server_staging_internal_6543"
+    assert pool("billing", names.RESTORE_VERIFICATION) == pool("billing", names.BACKUP) == pool("app", names.BACKUP)

@@ -208,3 +208,35 @@ def test_a_long_targets_earlier_name_is_still_recognised():
     assert scratch._created_at(old, "b" * 34) is None
     new = scratch.scratch_name(target, then)  # now shortened and hashed: both formats age alike
     assert new != old and len(new) <= 63 and scratch._created_at(new, target) == then
+
+
+def test_a_report_that_cannot_be_read_is_never_skipped_for_an_older_one(tmp_path):
+    """The newest report failed, an older one passed. If the store cannot read the newest, the
+    answer is "cannot tell" (a StorageError), never the older "passed" (nor "not verified")."""
+    from dbops_pipelines.errors import StorageError
+    from dbops_pipelines.verification.report import newest_passing_report, save_report
+
+    key = BackupKey(os.urandom(32), "TEST_KEY")
+    store = LocalStore(tmp_path)
+    bid = "app-20260101T020000Z-1a2b"
+    passed = VerificationReport(bid, "app", "2026-01-04T04:00:00+00:00", None, "s", "db1:5432", 1.5, 60)
+    failed = VerificationReport(bid, "app", "2026-01-11T04:00:00+00:00", None, "s", "db1:5432", 1.5, 60,
+                                findings=[Finding("row_count", "error", "public.a", "table public.a has 2 rows, expected 3")])
+    save_report(store, passed, key)
+    newest = save_report(store, failed, key)
+    assert latest_reports(store, [key], "app")[bid].passed is False
+    assert newest_passing_report(store, [key], "app") is None     # its newest report failed: not verified
+
+    class FlakyStore(LocalStore):
+        """A real local store whose read of one object fails, as S3 does on a 503."""
+
+        def get(self, key, chunk_size=1 << 20):
+            if key == newest:
+                raise StorageError(f"cannot read {key}: 503 Slow Down", "retry later")
+            return super().get(key, chunk_size)
+
+    flaky = FlakyStore(tmp_path)
+    with pytest.raises(StorageError):
+        latest_reports(flaky, [key], "app")
+    with pytest.raises(StorageError):
+        newest_passing_report(flaky, [key], "app")

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from dbops_pipelines.alerts.model import Alert, DeliveryResult, Notification
 
 MAX_FAILURES_KEPT = 20
+MAX_PENDING = 200
+PENDING_FOR = timedelta(days=1)   # then the next reminder (or nothing, for a resolve) takes over
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,11 @@ class OpenAlert:
 class AlertState:
     open: dict[str, OpenAlert] = field(default_factory=dict)
     failed_deliveries: list[dict] = field(default_factory=list)   # newest last, for operators
-    marks: dict[str, str | int | float] = field(default_factory=dict)  # where event scans resume
+    marks: dict[str, str | int | float | dict] = field(default_factory=dict)  # where event scans resume
+    # Notifications a sink missed, retried on the next ticks (a "resolved" must not be lost, or a
+    # PagerDuty incident stays open forever; a "firing" must not wait for the next reminder).
+    pending: list[dict] = field(default_factory=list)
+    _retry_since: dict = field(default_factory=dict, repr=False, compare=False)   # this tick's retries
 
     def to_json(self) -> str:
         return json.dumps({
@@ -45,6 +51,7 @@ class AlertState:
                          "sends": o.sends} for k, o in self.open.items()},
             "failed_deliveries": self.failed_deliveries,
             "marks": self.marks,
+            "pending": self.pending,
         }, sort_keys=True)
 
     @classmethod
@@ -57,14 +64,35 @@ class AlertState:
                   for k, o in raw.get("open", {}).items()},
             failed_deliveries=raw.get("failed_deliveries", []),
             marks=raw.get("marks", {}),
+            pending=raw.get("pending", []),
         )
 
-    def record_failures(self, results: list[DeliveryResult], now: datetime) -> None:
+    def take_pending(self) -> list[tuple[Notification, str]]:
+        """The notifications to retry this tick, each with the one sink that missed it."""
+        out = [(Notification(p["kind"], Alert.from_dict(p["alert"])), p["sink"]) for p in self.pending]
+        self._retry_since = {(p["sink"], p["kind"], p["alert"]["key"]): p["since"] for p in self.pending}
+        self.pending = []
+        return out
+
+    def record_failures(self, results: list[DeliveryResult], now: datetime,
+                        sent: list[Notification] = ()) -> None:
+        """Keep failed deliveries for operators and, for those whose notification is known, to
+        retry next tick, for at most ``PENDING_FOR``; a sink that is misconfigured (attempts 0
+        without a timeout) is not retried: nothing would change until the config does."""
+        by_id = {(n.kind, n.alert.key): n for n in sent}
         for r in results:
-            if not r.ok:
-                self.failed_deliveries.append({"at": now.isoformat(), "sink": r.sink, "alert": r.alert_key,
-                                               "kind": r.notification_kind, "attempts": r.attempts, "error": r.error})
+            if r.ok:
+                continue
+            self.failed_deliveries.append({"at": now.isoformat(), "sink": r.sink, "alert": r.alert_key,
+                                           "kind": r.notification_kind, "attempts": r.attempts, "error": r.error})
+            n = by_id.get((r.notification_kind, r.alert_key))
+            if n is None or (r.attempts == 0 and "retried next tick" not in (r.error or "")):
+                continue
+            first = self._retry_since.get((r.sink, r.notification_kind, r.alert_key), now.isoformat())
+            if now - datetime.fromisoformat(first) <= PENDING_FOR:
+                self.pending.append({"sink": r.sink, "kind": n.kind, "alert": n.alert.to_dict(), "since": first})
         del self.failed_deliveries[:-MAX_FAILURES_KEPT]
+        del self.pending[:-MAX_PENDING]
 
 
 def plan_notifications(observations: list[Observation], state: AlertState, now: datetime,

@@ -16,6 +16,7 @@ import json
 import os
 import smtplib
 import ssl
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import replace
@@ -230,32 +231,70 @@ def _clip(error: str) -> str:
     return error if len(error) <= _MAX_ERROR else error[:_MAX_ERROR - 3] + "..."
 
 
+def _deliver_one(n: Notification, sink: Sink, attempts: int, backoff: float, sleep) -> DeliveryResult:
+    if isinstance(sink, UnavailableSink):
+        return DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
+                              ok=False, attempts=0, error=_clip(sink.scrub(sink.reason)))
+    error, tries = None, 0
+
+    def send() -> None:
+        nonlocal tries
+        tries += 1
+        sink.send(n)
+
+    try:
+        retry_call(send, attempts=max(1, attempts), backoff_seconds=backoff, retry_on=(Exception,), sleep=sleep)
+    except Exception as exc:  # noqa: BLE001 - any failure of one sink is reported, not raised
+        error = _clip(sink.scrub(f"{type(exc).__name__}: {exc}"))
+    return DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
+                          ok=error is None, attempts=tries, error=error)
+
+
 def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int = 3, backoff: float = 0.5,
-            sleep=time.sleep) -> list[DeliveryResult]:
-    """Send every notification to every sink that accepts it; never raises for a failing sink."""
-    results = []
+            sleep=time.sleep, budget_seconds: float | None = None,
+            retries: list[tuple[Notification, str]] = ()) -> list[DeliveryResult]:
+    """Send every notification to every sink that accepts it, and each ``retries`` pair (a
+    notification and the name of the one sink that missed it earlier) to that sink; never raises
+    for a failing sink. Each sink works in its own thread, so a sink that hangs delays no other;
+    with ``budget_seconds``, what a sink has not delivered by then is reported as failed (its
+    thread may still finish, and the next tick retries it), so a sensor tick stays within its
+    time limit whatever the sinks do."""
+    by_name: dict[str, int] = {}
+    for i, sink in enumerate(sinks):
+        by_name.setdefault(sink.name, i)
+    # Per sink (by position: two sinks may share a name), its notifications in order, each with
+    # its place in the overall order so the results come back as if sent one after another.
+    work: dict[int, list[tuple[int, Notification]]] = {}
+    order = 0
+    for n, name in retries:
+        if name in by_name:
+            work.setdefault(by_name[name], []).append((order, n))
+            order += 1
     for n in notifications:
-        for sink in sinks:
-            if not sink.accepts(n):
-                continue
-            if isinstance(sink, UnavailableSink):
-                results.append(DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
-                                              ok=False, attempts=0, error=_clip(sink.scrub(sink.reason))))
-                continue
-            error, tries = None, 0
+        for i, sink in enumerate(sinks):
+            if sink.accepts(n):
+                work.setdefault(i, []).append((order, n))
+                order += 1
+    done: dict[int, list[tuple[int, DeliveryResult]]] = {i: [] for i in work}
 
-            def send(sink=sink, n=n) -> None:
-                nonlocal tries
-                tries += 1
-                sink.send(n)
+    def run(i: int) -> None:
+        for seq, n in work[i]:
+            done[i].append((seq, _deliver_one(n, sinks[i], attempts, backoff, sleep)))
 
-            try:
-                retry_call(send, attempts=max(1, attempts), backoff_seconds=backoff, retry_on=(Exception,), sleep=sleep)
-            except Exception as exc:  # noqa: BLE001 - any failure of one sink is reported, not raised
-                error = _clip(sink.scrub(f"{type(exc).__name__}: {exc}"))
-            results.append(DeliveryResult(sink=sink.name, notification_kind=n.kind, alert_key=n.alert.key,
-                                          ok=error is None, attempts=tries, error=error))
-    return results
+    threads = {i: threading.Thread(target=run, args=(i,), name=f"dbops-sink-{i}", daemon=True) for i in work}
+    for t in threads.values():
+        t.start()
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+    results: list[tuple[int, DeliveryResult]] = []
+    for i, t in threads.items():
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        finished = list(done[i])   # a snapshot: a late thread may still append
+        results += finished
+        for seq, n in work[i][len(finished):]:
+            results.append((seq, DeliveryResult(
+                sink=sinks[i].name, notification_kind=n.kind, alert_key=n.alert.key, ok=False, attempts=0,
+                error=f"not delivered within the tick's {budget_seconds:g} s (the sink is slow or hangs); retried next tick")))
+    return [r for _, r in sorted(results, key=lambda sr: sr[0])]
 
 
 def _env(environ, var: str, what: str) -> str:

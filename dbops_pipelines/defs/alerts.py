@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
+from dagster._core.event_api import RunStatusChangeRecordsFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from dbops_pipelines.alerts.board import publish_open_alerts
@@ -32,27 +33,33 @@ from dbops_pipelines.redact import redact
 
 FIRST_LOOK_BACK = timedelta(hours=1)  # on its very first tick, the sensor looks this far back
 BATCH = 500
+DELIVERY_BUDGET_SECONDS = 30
 
 
 @dataclass(frozen=True)
 class AlertScope:
-    """What the sensor watches, taken from the features' definitions (never from names):
-    which feature each asset belongs to, and every check."""
+    """What the sensor watches, taken from the features' definitions (never from names): which
+    feature each asset belongs to, which target and feature each step works for, every check."""
 
     feature_of: Mapping[dg.AssetKey, str]
+    step_subject: Mapping[str, tuple[str, str]]      # step key (op name) -> (target, feature)
     check_keys: tuple[dg.AssetCheckKey, ...]
 
 
 def alert_scope(defs: dg.Definitions) -> AlertScope:
-    feature_of, checks = {}, set()
+    feature_of, steps, checks = {}, {}, set()
     for assets_def in defs.assets or []:
         checks |= set(getattr(assets_def, "check_keys", ()))
         for spec in getattr(assets_def, "specs", []):
             if names.FEATURE_TAG in (spec.tags or {}):
                 feature_of[spec.key] = spec.tags[names.FEATURE_TAG]
+                steps.setdefault(assets_def.node_def.name, (spec.key.path[0], spec.tags[names.FEATURE_TAG]))
     for checks_def in defs.asset_checks or []:
         checks |= set(checks_def.check_keys)
-    return AlertScope(feature_of, tuple(sorted(checks, key=lambda k: k.to_user_string())))
+        for key in checks_def.check_keys:
+            if key.asset_key in feature_of:
+                steps.setdefault(checks_def.node_def.name, (key.asset_key.path[0], feature_of[key.asset_key]))
+    return AlertScope(feature_of, steps, tuple(sorted(checks, key=lambda k: k.to_user_string())))
 
 
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -72,66 +79,90 @@ def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return None
 
 
-def run_subjects(run: dg.DagsterRun, targets, feature_of: Mapping[dg.AssetKey, str]) -> dict[str, str]:
-    """target -> feature for one run: from the job's tags, else from the asset keys it selected
-    (a run launched with "Materialize" on an asset page carries no job tags)."""
+def run_subjects(instance: dg.DagsterInstance, run: dg.DagsterRun, failed: bool, targets,
+                 scope: "AlertScope") -> set[tuple[str, str]]:
+    """(target, feature) pairs a finished run speaks for. A job's tags say it outright. A run
+    launched from an asset page has no job tags: a failed one speaks for the features whose steps
+    failed, a successful one for the features whose assets it materialized, so a "Materialize
+    all" whose verification failed alerts for the verification, and a check-only run resolves
+    nothing it did not do."""
     target, feature = run.tags.get(names.TARGET_TAG), run.tags.get(names.FEATURE_TAG)
     if target in targets and feature:
-        return {target: feature}
-    keys = set(run.asset_selection or ()) | {k.asset_key for k in (run.asset_check_selection or ())}
-    out: dict[str, str] = {}
-    for key in sorted(keys, key=lambda k: k.to_user_string()):
-        subject = names.subject_of(key, targets)
-        if subject:
-            # The feature's main asset wins over its secondary ones (backup over backup_retention).
-            out[subject[0]] = min(out.get(subject[0], "~"), feature_of.get(key, subject[1]))
-    return out
+        return {(target, feature)}
+    if failed:
+        steps = {r.dagster_event.step_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)}
+        found = {scope.step_subject[s] for s in steps if s in scope.step_subject}
+        if found:
+            return {f for f in found if f[0] in targets}
+        # The run failed before any step (e.g. at launch): it speaks for everything it selected.
+        keys = set(run.asset_selection or ()) | {k.asset_key for k in (run.asset_check_selection or ())}
+    else:
+        keys = {r.dagster_event.asset_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+    return {(k.path[0], scope.feature_of[k]) for k in keys if k in scope.feature_of and names.subject_of(k, targets)}
 
 
 def finished_runs(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertState, now: datetime,
-                  feature_of: Mapping[dg.AssetKey, str]) -> list[FinishedRun]:
-    since = datetime.fromisoformat(state.marks["runs_after"]) if "runs_after" in state.marks else now - FIRST_LOOK_BACK
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS], updated_after=since),
-        order_by="update_timestamp", ascending=True, limit=BATCH)
+                  scope: "AlertScope") -> list[FinishedRun]:
+    """Runs that succeeded or failed since the last tick, read as run-status events by their
+    storage cursor (never by the run's update time, which a tag change moves). Canceled runs
+    are an operator's decision, not an alert."""
     out = []
-    for rec in records:
-        since = max(since, rec.update_timestamp)
-        run = rec.dagster_run
-        failed = run.status == dg.DagsterRunStatus.FAILURE
-        ended = datetime.fromtimestamp(rec.end_time, timezone.utc) if rec.end_time else rec.update_timestamp
-        for target, feature in run_subjects(run, cfg.targets, feature_of).items():
-            shown = run.job_name if not run.job_name.startswith("__") else f"{feature} of {target} (from the asset page)"
-            out.append(FinishedRun(run.run_id, shown, target, feature, not failed, ended,
-                                   _run_error(instance, run.run_id) if failed else None))
-    state.marks["runs_after"] = since.isoformat()
+    for event_type, succeeded in ((dg.DagsterEventType.RUN_FAILURE, False), (dg.DagsterEventType.RUN_SUCCESS, True)):
+        mark = f"runs:{event_type.value}"
+        cursor = state.marks.get(mark)
+        records = instance.fetch_run_status_changes(
+            RunStatusChangeRecordsFilter(event_type, after_timestamp=None if cursor else (now - FIRST_LOOK_BACK).timestamp()),
+            limit=BATCH, cursor=cursor, ascending=True)
+        for rec in records.records:
+            run = instance.get_run_by_id(rec.run_id)
+            if run is None:
+                continue
+            ended = datetime.fromtimestamp(rec.timestamp, timezone.utc)
+            for target, feature in sorted(run_subjects(instance, run, not succeeded, cfg.targets, scope)):
+                shown = run.job_name if not run.job_name.startswith("__") else f"{feature} of {target} (from the asset page)"
+                out.append(FinishedRun(run.run_id, shown, target, feature, succeeded, ended,
+                                       None if succeeded else _run_error(instance, run.run_id)))
+        if records.cursor:
+            state.marks[mark] = records.cursor
     return out
 
 
 def check_evaluations(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertState,
                       scope: "AlertScope") -> list[CheckEvaluation]:
-    """Every evaluation of one of our checks since the last tick. One query finds the checks that
-    ran since (their newest execution is past the mark); only those are read further, so a tick
-    costs one query however many targets there are."""
+    """Every evaluation of one of our checks since the last tick. One query finds the checks with
+    anything new (their newest execution is past the mark); only those are read further, so a
+    tick costs one query however many targets there are.
+
+    An execution's id is given when the check is *planned* (at run creation), not when it ends,
+    so the mark never passes an execution still in flight: it stays just below the oldest one,
+    and the ids above it already reported are remembered until the mark passes them."""
     out = []
     keys = [k for k in scope.check_keys if names.subject_of(k.asset_key, cfg.targets)]
     latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys) if keys else {}
     for key, newest in sorted(latest.items(), key=lambda kv: kv[0].to_user_string()):
         mark_name = f"check:{key.to_user_string()}"
-        seen = state.marks.get(mark_name)
-        if seen is not None and newest.id <= seen:
+        mark = state.marks.get(mark_name)
+        if isinstance(mark, int):   # the shape of earlier releases: a plain id
+            mark = {"below": mark, "seen": []}
+        if mark is not None and newest.id <= mark["below"]:
             continue
         history = instance.event_log_storage.get_asset_check_execution_history(key, limit=50)
         done = [r for r in history if r.status != AssetCheckExecutionRecordStatus.PLANNED and r.event is not None]
-        # First look at a check: judge only its newest evaluation; later, every new one.
-        new = [r for r in done if seen is None or r.id > seen][: 1 if seen is None else None]
+        in_flight = [r.id for r in history if r.status == AssetCheckExecutionRecordStatus.PLANNED]
+        if mark is None:   # first look at a check: judge only its newest evaluation
+            new = sorted(done, key=lambda r: r.id)[-1:]
+            seen: set[int] = set()
+        else:
+            seen = set(mark["seen"])
+            new = sorted((r for r in done if r.id > mark["below"] and r.id not in seen), key=lambda r: r.id)
         target = key.asset_key.path[0]
-        for rec in sorted(new, key=lambda r: r.id):
+        for rec in new:
             ev = rec.event.dagster_event.event_specific_data
             out.append(CheckEvaluation(target, key.name, ev.passed, ev.severity.value, rec.run_id,
-                                       datetime.fromtimestamp(rec.create_timestamp, timezone.utc), ev.description))
-        if done:
-            state.marks[mark_name] = max(r.id for r in done)
+                                       datetime.fromtimestamp(rec.event.timestamp, timezone.utc), ev.description))
+        reported = seen | {r.id for r in new} | ({r.id for r in done} if mark is None else set())
+        below = (min(in_flight) - 1) if in_flight else max([r.id for r in done] + [mark["below"] if mark else 0])
+        state.marks[mark_name] = {"below": below, "seen": sorted(i for i in reported if i > below)}
     return out
 
 
@@ -168,12 +199,14 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, cfg: FleetConfig, scope
     sinks = build_sinks(cfg.alerts.sinks)
     ui = cfg.alerts.ui_base_url
     ctx = open_context(context, cfg)
-    observations = (run_observations(finished_runs(context.instance, cfg, state, now, scope.feature_of), ui)
+    observations = (run_observations(finished_runs(context.instance, cfg, state, now, scope), ui)
                     + check_observations(check_evaluations(context.instance, cfg, state, scope), ui)
                     + store_conditions(context, ctx, specs, now))
     notifications = plan_notifications(observations, state, now, timedelta(minutes=cfg.alerts.reminder_minutes))
-    results = deliver(notifications, sinks)
-    state.record_failures(results, now)
+    retries = state.take_pending()
+    # Within Dagster's 60 s sensor timeout, whatever the sinks do; what is late is retried next tick.
+    results = deliver(notifications, sinks, budget_seconds=DELIVERY_BUDGET_SECONDS, retries=retries)
+    state.record_failures(results, now, notifications + [n for n, _ in retries])
     for n in notifications:
         context.log.info(f"{n.kind}: {n.subject}")
     for r in results:

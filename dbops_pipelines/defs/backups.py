@@ -24,7 +24,8 @@ from dbops_pipelines.defs import names
 from dbops_pipelines.defs.names import BACKUP, BACKUP_RETENTION, STORED_BACKUP_INTEGRITY
 from dbops_pipelines.defs.resources import DbopsFleet
 from dbops_pipelines.defs.spec import FeatureSpec, core_call, fail_loudly, fleet_context
-from dbops_pipelines.inventory import last_full_backup_at
+from dbops_pipelines.errors import IntegrityError
+from dbops_pipelines.inventory import last_backup_at
 from dbops_pipelines.progress import Progress
 from dbops_pipelines.redact import redact
 
@@ -84,13 +85,18 @@ def build_backup_assets(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
     tags = {names.TARGET_TAG: target, names.FEATURE_TAG: BACKUP}
     store_kind = names.storage_kind(cfg)
     defaults = cfg.defaults.backup
+    # Transient failures of the backup itself (server restarting, store unreachable) are retried
+    # with exponential backoff; see core_call for why the policy is not attached to the step.
+    transient = dg.RetryPolicy(max_retries=defaults.run_retries, delay=defaults.retry_delay_seconds,
+                               backoff=dg.Backoff.EXPONENTIAL)
 
     @dg.multi_asset(
         name=f"{target}__backup",
         specs=[
             dg.AssetSpec(
                 backup_key, group_name=target, kinds={"postgres", store_kind}, owners=cfg.defaults.owners, tags=tags,
-                # The UI shows the asset stale past the RPO; the alert sensor raises the same condition.
+                # The UI shows the asset stale past the RPO (by Dagster's materializations); the alert
+                # sensor judges the store itself (docs/alerts.md).
                 freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=cfg.rpo_hours_for(target))),
                 description=(
                     f"Encrypted pg_dump of `{target}` ({redact(t.dsn)}), kind {t.kind}: pg_dump -Fc streamed through "
@@ -109,9 +115,6 @@ def build_backup_assets(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
         ],
         can_subset=False,   # one click backs up and applies retention; retention alone is `dbops retention`
         pool=names.server_pool(cfg, target),
-        # Transient failures (server restarting, store unreachable) are retried with backoff.
-        retry_policy=dg.RetryPolicy(max_retries=defaults.run_retries, delay=defaults.retry_delay_seconds,
-                                    backoff=dg.Backoff.EXPONENTIAL) if defaults.run_retries else None,
     )
     def backup(context: dg.AssetExecutionContext, config: BackupRunConfig, dbops: DbopsFleet):
         ctx = fleet_context(context, dbops)
@@ -120,7 +123,7 @@ def build_backup_assets(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
             context.log.info(f"{target}: {p.raw_bytes / MIB:.1f} MiB dumped, {p.stored_bytes / MIB:.1f} MiB stored, "
                              f"{p.rate / MIB:.1f} MiB/s")
 
-        with core_call(context, transient_retries=True):
+        with core_call(context, retry=transient):
             manifest = fleet.backup_target(
                 ctx, target, config.kind, tuple(config.tables), progress=log_progress,
                 on_warning=lambda line: context.log.warning(f"pg_dump: {line}"),
@@ -128,7 +131,7 @@ def build_backup_assets(cfg: FleetConfig, target: str) -> dg.AssetsDefinition:
         context.log.info(f"backup {manifest.backup_id} stored at {manifest.location} ({manifest.stored_bytes} bytes)")
         yield dg.MaterializeResult(asset_key=backup_key, metadata=manifest_metadata(manifest))
 
-        with core_call(context):   # not retried: that would make another backup
+        with core_call(context):   # never retried: that would make another backup
             outcome = fleet.apply_retention(ctx, target)
         context.log.info(outcome.plan.summary())
         if outcome.blocked:
@@ -157,13 +160,16 @@ def build_integrity_check(target: str) -> dg.AssetChecksDefinition:
             return dg.AssetCheckResult(passed=False, metadata={"finding": "no backup has been recorded yet"})
         backup_id = event.asset_materialization.metadata["backup_id"].value
         ctx = fleet_context(context, dbops)
-        try:
-            with core_call(context):
+        # Only evidence about the backup (IntegrityError) fails the check. A missing key, a store
+        # outage or a missing pg_restore fail the run instead: an operator's or a machine's
+        # problem is never recorded against a backup.
+        with core_call(context):
+            try:
                 entry = find_backup(ctx.store, ctx.read_keys, backup_id)
                 report = check_backup(ctx.store, entry.manifest, ctx.read_keys, ctx.config.defaults.pg_bin_dir)
-        except dg.Failure as failure:
-            # A finding about the backup (or why it could not be read), not a failed run.
-            return dg.AssetCheckResult(passed=False, metadata={"backup_id": backup_id, "finding": failure.description or ""})
+            except IntegrityError as exc:
+                return dg.AssetCheckResult(passed=False, metadata={
+                    "backup_id": backup_id, "finding": redact(exc.message), "what_to_do": exc.hint or ""})
         return dg.AssetCheckResult(
             passed=True,
             metadata={
@@ -194,9 +200,10 @@ def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
 
 
 def conditions(ctx: FleetContext, target: str, now: datetime):
-    rule = Staleness(target, "backup_stale", "valid full backup", "critical",
-                     timedelta(hours=ctx.config.rpo_hours_for(target)))
-    return staleness_observations(rule, lambda: last_full_backup_at(ctx, target, now), now)
+    kinds = fleet.kept_kinds(ctx, target)   # full; plus the configured kind of a partial-backup target
+    what = "valid full backup" if kinds == ("full",) else f"valid {' or '.join(kinds)} backup"
+    rule = Staleness(target, "backup_stale", what, "critical", timedelta(hours=ctx.config.rpo_hours_for(target)))
+    return staleness_observations(rule, lambda: last_backup_at(ctx, target, kinds, now), now)
 
 
 SPEC = FeatureSpec(name=BACKUP, build=build, conditions=conditions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import dagster as dg
+from psycopg.conninfo import conninfo_to_dict
 
 from dbops_pipelines.config import FleetConfig
 
@@ -58,6 +59,16 @@ def pool_name(cluster: str) -> str:
 
 def server_pool(cfg: FleetConfig, target: str) -> str:
     return pool_name(cfg.server_of(target))
+
+
+def verification_pool(cfg: FleetConfig, target: str) -> str:
+    """Where a verification's load lands: the staging server's pool when one is configured (a long
+    restore there must not hold back the production server's backups), else the target's own."""
+    staging = cfg.verification_for(target).server_dsn
+    if not staging:
+        return server_pool(cfg, target)
+    info = conninfo_to_dict(staging)
+    return pool_name(f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}")
 
 
 def target_tags(cfg: FleetConfig, target: str, feature: str, config_sha256: str | None = None) -> dict[str, str]:

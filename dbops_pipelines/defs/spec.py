@@ -20,7 +20,7 @@ from dbops_pipelines.config import FleetConfig
 from dbops_pipelines.context import FleetContext
 from dbops_pipelines.defs.names import CONFIG_TAG
 from dbops_pipelines.defs.resources import DbopsFleet
-from dbops_pipelines.errors import DatabaseUnreachable, DbopsError, StorageError
+from dbops_pipelines.errors import DatabaseUnreachable, DbopsError, ObjectExists, StorageError
 from dbops_pipelines.interrupts import sigterm_as_interrupt
 from dbops_pipelines.redact import redact
 
@@ -39,11 +39,10 @@ class FeatureSpec:
     applies: Callable[[FleetConfig, str], bool] = lambda cfg, target: True
 
 
-def as_failure(exc: DbopsError, retry: bool = False) -> dg.Failure:
-    """A core error as a step failure whose description says what to do. Only transient errors
-    (``retry=True``) let the step's RetryPolicy try again."""
+def as_failure(exc: DbopsError) -> dg.Failure:
+    """A core error as a step failure whose description says what to do."""
     text = redact(exc.message) + (f"\n\nWhat to do: {exc.hint}" if exc.hint else "")
-    return dg.Failure(description=text, metadata={"error": type(exc).__name__}, allow_retries=retry)
+    return dg.Failure(description=text, metadata={"error": type(exc).__name__}, allow_retries=False)
 
 
 def fail_loudly(description: str, error: str) -> dg.Failure:
@@ -51,16 +50,30 @@ def fail_loudly(description: str, error: str) -> dg.Failure:
 
 
 @contextmanager
-def core_call(context, transient_retries: bool = False) -> Iterator[None]:
-    """Around a call into the core from an asset or check body: SIGTERM (a run terminated from
-    the UI) unwinds like Ctrl-C so child processes, temp files and scratch databases are cleaned
-    up, and core errors become failures that say what to do. Never spans a ``yield``."""
+def core_call(context, retry: dg.RetryPolicy | None = None) -> Iterator[None]:
+    """Around a call into the core from an asset or check body. Never spans a ``yield``.
+
+    - SIGTERM (a service manager or container runtime stopping the run worker) unwinds like
+      Ctrl-C, so child processes, temp files and scratch databases are cleaned up by the core's
+      own ``finally``s. (Dagster's "Terminate run" interrupts the step with SIGINT, and maps
+      SIGTERM the same way while a step runs: both reach the same clean-up.)
+    - Core errors become failures that say what to do.
+    - Only transient errors (server or store unreachable) are retried, and only where the caller
+      passes ``retry``: the step asks Dagster for the retry (``RetryRequested``) with the delays of
+      that RetryPolicy. The policy is deliberately not attached to the step: Dagster retries a
+      step with a policy after *any* exception and after an interrupt too, which for a backup
+      would mean another backup after the operator pressed Terminate, or after one was recorded.
+    """
     try:
         with sigterm_as_interrupt():
             yield
     except TRANSIENT as exc:
         context.log.error(redact(exc.message))
-        raise as_failure(exc, retry=transient_retries) from None
+        attempt = context.retry_number
+        if retry is not None and attempt < retry.max_retries and not isinstance(exc, ObjectExists):
+            raise dg.RetryRequested(max_retries=retry.max_retries,
+                                    seconds_to_wait=retry.calculate_delay(attempt + 1)) from as_failure(exc)
+        raise as_failure(exc) from None
     except DbopsError as exc:
         raise as_failure(exc) from None
 

@@ -5,8 +5,8 @@ a weekly schedule, and the "no passing verification recently" alert condition.
 
 An asset of its own, not a check on the backup asset: "Materialize" on the backup asset must
 make a backup, not also run a whole restore; and the verification's evidence and freshness get
-their own node in the lineage. It takes the per-server pool, so backups and verifications never
-overload one server together. A verification that cannot run (no key, server down, no
+their own node in the lineage. It takes the pool of the server it restores on (the staging server,
+else the target's own), so backups and verifications never overload one server together. A verification that cannot run (no key, server down, no
 CREATEDB) fails the run with the reason; it is never recorded as a failed backup.
 """
 
@@ -67,7 +67,7 @@ def build_verification_asset(cfg: FleetConfig, target: str) -> dg.AssetsDefiniti
         kinds={"postgres", names.storage_kind(cfg)},
         owners=cfg.defaults.owners,
         tags={names.TARGET_TAG: target, names.FEATURE_TAG: RESTORE_VERIFICATION},
-        pool=names.server_pool(cfg, target),
+        pool=names.verification_pool(cfg, target),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=settings.max_age_days)),
         check_specs=[dg.AssetCheckSpec(
             RESTORED_COPY_MATCHES, asset=key,

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 
 from dbops_pipelines.backup.crypto import BackupKey, open_record, seal_record
-from dbops_pipelines.errors import DbopsError
+from dbops_pipelines.errors import EncryptionKeyError, IntegrityError
 from dbops_pipelines.storage.base import BackupStore
 from dbops_pipelines.storage.namespaces import VERIFICATIONS as REPORTS_PREFIX
 
@@ -129,23 +129,55 @@ def summary(report: VerificationReport) -> dict:
             "run_id": report.run_id, "rto_seconds": report.rto_seconds, "summary": report.summary()}
 
 
-def latest_reports(store: BackupStore, keys: list[BackupKey], target: str | None = None) -> dict[str, VerificationReport]:
-    """The newest *authenticated* report of every verified backup, by backup id. Reports that do
-    not authenticate for their place (unsigned, altered, copied, unknown key) are skipped."""
+def _report_paths(store: BackupStore, target: str | None) -> dict[tuple[str, str], list[str]]:
     by_backup: dict[tuple[str, str], list[str]] = {}
     for obj in store.list(REPORTS_PREFIX + (f"{target}/" if target else "")):
         parts = obj.key[len(REPORTS_PREFIX):].split("/")
         if len(parts) == 3 and _NAME.fullmatch(parts[2]):
             by_backup.setdefault((parts[0], parts[1]), []).append(obj.key)
+    return by_backup
+
+
+def _open_report(store: BackupStore, keys: list[BackupKey], tgt: str, bid: str, path: str) -> VerificationReport | None:
+    """The report at ``path`` if it authenticates for its place; None if it does not (unsigned,
+    altered, copied, unknown key, malformed). A store that cannot be read is not "untrusted":
+    its StorageError propagates, so no one concludes anything from a report they could not read."""
+    data = store.get_bytes(path)
+    try:
+        opened = open_record(data, keys, FORMAT, f"{tgt}/{bid}", f"verification report {path}")
+        report = VerificationReport.from_dict(json.loads(opened.body))
+    except (IntegrityError, EncryptionKeyError, ValueError, TypeError, KeyError):
+        return None
+    return report if (report.target, report.backup_id) == (tgt, bid) else None
+
+
+def latest_reports(store: BackupStore, keys: list[BackupKey], target: str | None = None) -> dict[str, VerificationReport]:
+    """The newest *authenticated* report of every verified backup, by backup id. Reports that do
+    not authenticate for their place are skipped; a store error propagates."""
     out: dict[str, VerificationReport] = {}
-    for (tgt, bid), paths in by_backup.items():
+    for (tgt, bid), paths in _report_paths(store, target).items():
         for path in sorted(paths, reverse=True):  # newest first; fall back past untrusted ones
-            try:
-                opened = open_record(store.get_bytes(path), keys, FORMAT, f"{tgt}/{bid}", f"verification report {path}")
-                report = VerificationReport.from_dict(json.loads(opened.body))
-            except (DbopsError, ValueError, TypeError):
-                continue
-            if (report.target, report.backup_id) == (tgt, bid):
+            report = _open_report(store, keys, tgt, bid, path)
+            if report is not None:
                 out[bid] = report
                 break
     return out
+
+
+def newest_passing_report(store: BackupStore, keys: list[BackupKey], target: str) -> VerificationReport | None:
+    """The newest report that passed and is its backup's newest authenticated report (a backup
+    verified, then failed on re-verification, is not verified). Reads newest first and stops at
+    the first such report, so the alert sensor does not read every report ever written each tick."""
+    paths = sorted(((path.rsplit("/", 1)[1], tgt, bid, path) for (tgt, bid), ps in _report_paths(store, target).items()
+                    for path in ps), reverse=True)
+    decided: set[str] = set()
+    for _name, tgt, bid, path in paths:
+        if bid in decided:
+            continue
+        report = _open_report(store, keys, tgt, bid, path)
+        if report is None:
+            continue
+        if report.passed:
+            return report
+        decided.add(bid)
+    return None
