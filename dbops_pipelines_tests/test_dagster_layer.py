@@ -326,3 +326,26 @@ def test_a_verification_on_staging_takes_the_staging_servers_pool(write_config, 
     pool = lambda t, a: defs.resolve_assets_def(names.asset_key(t, a)).op.pool  # noqa: E731
     assert pool("app", names.RESTORE_VERIFICATION) == "pg_server_staging_internal_6543"
     assert pool("billing", names.RESTORE_VERIFICATION) == pool("billing", names.BACKUP) == pool("app", names.BACKUP)
+
+
+def test_alerts_nothing_can_clear_any_more_are_resolved_once(write_config, http_receiver, sample_app):
+    """An upgrade (run alerts once keyed by job) or a removed target must not leave alerts that
+    are reminded for ever: they are resolved on the next tick, current ones stay."""
+    from dbops_pipelines.alerts.dispatch import AlertState, OpenAlert
+    from dbops_pipelines.alerts.model import Alert
+
+    path = write_config({"app": sample_app["dsn"]}, alerts={"sinks": [
+        {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    specs = [s for s in discover_features() if s.conditions is None]
+    state = AlertState()
+    stamp = datetime.now(timezone.utc).isoformat()
+    for key in ("app/run_failed/backup_app", "app/store_unreadable", "gone/backup_stale",
+                "app/check_failed/restore_verification", "app/run_failed/backup"):
+        state.open[key] = OpenAlert(Alert(key, key.split("/")[0], key.split("/")[1], "critical", "t", "m", stamp), stamp, stamp)
+    with dg.instance_for_test() as instance:
+        cursor = tick(defs, specs, instance, path, state.to_json())
+    resolved = sorted(r.body["alert"]["key"] for r in http_receiver.received("/hook") if r.body["event"] == "resolved")
+    assert resolved == ["app/check_failed/restore_verification", "app/run_failed/backup_app", "app/store_unreadable",
+                        "gone/backup_stale"]
+    assert list(json.loads(cursor)["open"]) == ["app/run_failed/backup"]

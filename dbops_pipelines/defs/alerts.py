@@ -192,6 +192,25 @@ def store_conditions(context, ctx: FleetContext | None, specs: Sequence[FeatureS
     return out
 
 
+def obsolete_observations(state: AlertState, cfg: FleetConfig, scope: AlertScope) -> list[Observation]:
+    """Open alerts nothing can ever clear any more: of a target removed from dbops.yaml, of a
+    feature or check that no longer exists, or in a key shape of an earlier release (run alerts
+    were keyed by job, the unreadable store by target alone). They are resolved once, so no
+    reminder repeats for ever and no incident stays open in PagerDuty."""
+    features = set(scope.feature_of.values())
+    checks = {(k.asset_key.path[0], k.name) for k in scope.check_keys}
+    out = []
+    for key in sorted(state.open):
+        target, _, rest = key.partition("/")
+        condition, _, what = rest.partition("/")
+        if (target not in cfg.targets
+                or (condition == "run_failed" and what not in features)
+                or (condition == "check_failed" and (target, what) not in checks)
+                or (condition == "store_unreadable" and not what)):
+            out.append(Observation(key, False))
+    return out
+
+
 def evaluate_alerts(context: dg.SensorEvaluationContext, cfg: FleetConfig, scope: AlertScope,
                     specs: Sequence[FeatureSpec], now: datetime | None = None) -> dg.SensorResult:
     now = now or datetime.now(timezone.utc)
@@ -201,7 +220,8 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, cfg: FleetConfig, scope
     ctx = open_context(context, cfg)
     observations = (run_observations(finished_runs(context.instance, cfg, state, now, scope), ui)
                     + check_observations(check_evaluations(context.instance, cfg, state, scope), ui)
-                    + store_conditions(context, ctx, specs, now))
+                    + store_conditions(context, ctx, specs, now)
+                    + obsolete_observations(state, cfg, scope))
     notifications = plan_notifications(observations, state, now, timedelta(minutes=cfg.alerts.reminder_minutes))
     retries = state.take_pending()
     # Within Dagster's 60 s sensor timeout, whatever the sinks do; what is late is retried next tick.
