@@ -140,17 +140,29 @@ def cmd_check(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    ctx = _context(args)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+
+    def not_run(outcome: str, error: str, hint: str | None) -> None:
+        # JSON in every outcome: scripts parse stdout whatever happened.
+        print(json.dumps({"target": args.target, "backup_id": args.backup, "outcome": outcome, "passed": False,
+                          "error": redact(error), "what_to_do": hint}, indent=2), flush=True)
+
     try:
-        report = verify_backup(ctx, args.target, args.backup, log=log)
+        report = verify_backup(_context(args), args.target, args.backup, log=log)
     except DbopsError as exc:
         if not args.json:
             raise
-        # JSON in every outcome: scripts parse stdout whatever happened.
-        print(json.dumps({"target": args.target, "backup_id": args.backup, "outcome": "not run", "passed": False,
-                          "error": redact(exc.message), "what_to_do": exc.hint}, indent=2))
+        not_run("not run", exc.message, exc.hint)
         return 1
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM: cleaned up by now; main() gives the exit code
+        if args.json:
+            not_run("interrupted", "the verification was interrupted; its scratch database was dropped and "
+                    "nothing was recorded", "run it again when ready")
+        raise
+    except Exception as exc:
+        if args.json:
+            not_run("not run", f"unexpected error {type(exc).__name__}: {exc}", "this is a bug in dbops; report it")
+        raise
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -4,6 +4,7 @@ database dropped, nothing recorded, exit 143 with one line. The real CLI, on rea
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -221,3 +222,18 @@ def test_handler_is_scoped_and_restores_the_previous_one():
             time.sleep(5)  # the handler raises in this thread long before this ends
     assert isinstance(caught.value, KeyboardInterrupt) and caught.value.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_an_interrupted_verify_json_still_prints_json(write_config, pg_cluster, big_db, tmp_path):
+    """Scripts parse `verify --json`'s stdout whatever happened, an interruption included."""
+    write_config({"big": pg_cluster.dsn(big_db)})
+    backup_now("big")
+    proc = start("verify", "big", "--json")
+    wait_for_child(proc, "pg_restore")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert_one_line_interrupt(proc.returncode, err)
+    doc = json.loads(out)
+    assert doc["outcome"] == "interrupted" and doc["passed"] is False and "nothing was recorded" in doc["error"]
+    assert pg_cluster.execute("SELECT datname FROM pg_database WHERE datname LIKE 'dbops\\_verify\\_%'") == []
