@@ -8,9 +8,10 @@ difference between two rows:
 
   read            os.read(fd, 1 MiB) in a loop, as run_backup's dump_stream does; data discarded
   read+coalesce   the same, but after a short read sleep 2 ms so reads come back fuller
-  +zstd tN        zstd level 1 compressobj with threads=N on every read
+  +zstd tN        zstd compressobj (the engine's level, or --level) with threads=N on every read
   +aes+sha        + encrypt_stream (1 MiB AES-GCM records) + sha256 of the output, as the store does
-  full            everything, with coalesced reads
+                  ("+zstd t1 +aes+sha" is how run_backup streams since December 2026)
+  full            everything, with coalesced reads (how run_backup streamed before, with t0)
 
 For each: wall time, this process's CPU (user+sys), pg_dump's CPU, and the average read size.
 Use it on a database the benchmark kept (backup_bench.py --keep). Nothing is written to disk.
@@ -34,9 +35,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dbops_pipelines.backup.crypto import BackupKey, encrypt_stream  # noqa: E402
+from dbops_pipelines.backup.engine import BackupOptions  # noqa: E402
 from dbops_pipelines.pgtools import enlarge_pipe  # noqa: E402
 
 READ_SIZE = 1 << 20
+
+
+LEVEL = BackupOptions().zstd_level
 
 
 def run(dsn: str, pg_dump: str, *, coalesce: bool, zstd_threads: int | None, encrypt: bool) -> dict:
@@ -50,16 +55,16 @@ def run(dsn: str, pg_dump: str, *, coalesce: bool, zstd_threads: int | None, enc
 
     def chunks():
         nonlocal reads, raw
-        comp = zstandard.ZstdCompressor(level=1, threads=zstd_threads).compressobj() if zstd_threads is not None else None
+        comp = zstandard.ZstdCompressor(level=LEVEL, threads=zstd_threads).compressobj() if zstd_threads is not None else None
         while data := os.read(fd, READ_SIZE):
+            if coalesce and len(data) < READ_SIZE // 2:
+                time.sleep(0.002)  # at ~200 MB/s pg_dump writes ~400 kB meanwhile: fits the 1 MiB pipe
             reads += 1
             raw += len(data)
             if comp is not None:
                 out = comp.compress(data)
                 if out:
                     yield out
-            if coalesce and len(data) < READ_SIZE // 2:
-                time.sleep(0.002)  # at ~200 MB/s pg_dump writes ~400 kB meanwhile: fits the 1 MiB pipe
         if comp is not None:
             yield comp.flush()
 
@@ -102,7 +107,9 @@ def main() -> int:
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--pg-dump", default="/usr/lib/postgresql/15/bin/pg_dump")
     parser.add_argument("--runs", type=int, default=2, help="rounds over all variants; the fastest run of each is shown")
+    parser.add_argument("--level", type=int, default=LEVEL, help=f"zstd level (default: the engine's, {LEVEL})")
     args = parser.parse_args()
+    globals()["LEVEL"] = args.level
     best: dict[str, dict] = {}
     for rnd in range(args.runs):
         for name, kw in VARIANTS:
@@ -110,6 +117,7 @@ def main() -> int:
             if name not in best or r["wall"] < best[name]["wall"]:
                 best[name] = r
             print(f"  round {rnd + 1} {name:<20} {r['wall']:6.2f} s", file=sys.stderr, flush=True)
+    print(f"zstd level {LEVEL}; reads = os.read calls")
     print(f"{'variant':<20} {'wall s':>7} {'ours CPU s':>10} {'pg_dump CPU s':>13} {'reads':>7} {'avg read KiB':>12} {'stored MB':>9}")
     for name, _ in VARIANTS:
         r = best[name]

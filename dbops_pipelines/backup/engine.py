@@ -1,8 +1,8 @@
 """Run one backup: pg_dump -> zstd -> AES-256-GCM -> store, then the manifest, last.
 
-Nothing of the dump touches local disk and memory stays bounded (a few MiB of buffers plus one
-upload part). Any failure leaves no object under the backup's key and no manifest, so nothing
-half-done is ever listed as a valid backup.
+Nothing of the dump touches local disk and memory stays bounded (zstd's job buffers, ~45 MiB at
+level 3, plus one upload part). Any failure leaves no object under the backup's key and no
+manifest, so nothing half-done is ever listed as a valid backup.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from dbops_pipelines.pgtools import PgProcess, binary_version, check_client_vers
 from dbops_pipelines.storage.base import BackupStore
 
 READ_SIZE = 1 << 20
-SHORT_READ = 256 << 10
 ENCRYPTION = "aes-256-gcm-chunked-v1"
 
 
@@ -39,7 +38,7 @@ class BackupOptions:
     tables: tuple[str, ...] = ()
     exclude_table_data: tuple[str, ...] = ()
     zstd_level: int = 3                         # level 3 stores less than pg_dump's gzip; 1 is ~10% faster, ~13% larger
-    zstd_threads: int = 0                       # 0: compress in the streaming thread; on 2 cores a zstd worker only competes with pg_dump and the server
+    zstd_threads: int = 1                       # 1: zstd compresses in a worker thread of its own, as `zstd -T1` does (see dump_stream)
     connect_retries: int = 3
     pg_bin_dir: str | None = None
     checksum_max_bytes: int = 16 << 20         # tables up to this size get a content checksum
@@ -114,6 +113,10 @@ def run_backup(
         conn.read_only = True
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         conn.execute("SET row_security = off")
+        # The row counts and checksums run beside the dump: parallel workers would only take CPU
+        # from the backend serving pg_dump (on 2 cores, count(*) of a 3.7M-row table with two
+        # workers made the backup ~10% slower) and worker slots from the database's own users.
+        conn.execute("SET max_parallel_workers_per_gather = 0")
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         server_major = conn.info.server_version // 10000
         pg_dump = find_binary("pg_dump", server_major, opts.pg_bin_dir)
@@ -160,11 +163,16 @@ def run_backup(
             t0 = last = time.monotonic()
             stored = 0
             fd = proc.stdout.fileno()
+            # The same shape as `pg_dump | zstd -T1`: this thread drains the pipe as soon as pg_dump
+            # writes, and zstd_threads=1 hands compression to zstd's own worker thread (no GIL), so
+            # compress() only copies the input into the worker's job buffer and returns at once.
+            # Neither pg_dump nor the server backend feeding it ever waits for the compressor
+            # while that buffer has room. Compressing in this thread (zstd_threads=0), or sleeping
+            # after short reads to batch them, made pg_dump block on the full pipe for as long as
+            # each compress call or sleep took; on a busy machine every such stall also costs a
+            # wait for the CPU to come back, and the backup took 1.3-1.5x the C pipeline's time
+            # (benchmarks/backup_bench.py --load, docs/benchmarks.md).
             while data := os.read(fd, READ_SIZE):
-                if len(data) < SHORT_READ:
-                    # pg_dump -Z0 writes row by row; letting the pipe fill a moment turns ~50,000
-                    # tiny reads per GB into few large ones (measured: -0.6 CPU-s of ours, -0.5 of pg_dump's).
-                    time.sleep(0.002)
                 raw_total[0] += len(data)
                 out = compressor.compress(data)
                 if out:
