@@ -580,3 +580,15 @@ def test_a_missed_resolve_is_retried_on_the_next_tick(tmp_path):
     assert [r.ok for r in results] == [True] and state.pending == []
     assert [line["event"] for line in file_lines(blocked / "alerts.jsonl")] == ["resolved"]
     assert AlertState.from_json(state.to_json()).pending == []
+
+
+def test_sinks_that_describe_themselves_alike_keep_apart(monkeypatch):
+    """Two PagerDuty services have the same description; a retry kept for one must reach it, not the other."""
+    from dbops_pipelines.alerts.sinks import build_sinks
+
+    monkeypatch.setenv("PD_A", "key-a")
+    monkeypatch.setenv("PD_B", "key-b")
+    settings = AlertSettings.model_validate({"sinks": [{"kind": "pagerduty", "routing_key_env": "PD_A"},
+                                                       {"kind": "pagerduty", "routing_key_env": "PD_B"}]})
+    names = [s.name for s in build_sinks(settings.sinks)]
+    assert len(set(names)) == 2 and names[1].endswith("(alerts.sinks[1])")

@@ -247,6 +247,8 @@ def test_a_check_that_ends_after_a_later_planned_one_still_alerts(write_config, 
     specs = [s for s in discover_features() if s.conditions is None]   # runs and checks only
     key = names.check_key("app", names.BACKUP, names.STORED_BACKUP_INTEGRITY)
     with dg.instance_for_test() as instance:
+        for run_id in ("run-a", "run-b"):   # both runs still going
+            instance.add_run(dg.DagsterRun(job_name="verify_app", run_id=run_id, status=dg.DagsterRunStatus.STARTED))
         _check_event(instance, "run-a", key, None)
         _check_event(instance, "run-b", key, None)
         cursor = tick(defs, specs, instance, path)
@@ -349,3 +351,30 @@ def test_alerts_nothing_can_clear_any_more_are_resolved_once(write_config, http_
     assert resolved == ["app/check_failed/restore_verification", "app/run_failed/backup_app", "app/store_unreadable",
                         "gone/backup_stale"]
     assert list(json.loads(cursor)["open"]) == ["app/run_failed/backup"]
+
+
+def test_a_first_tick_with_nothing_recent_does_not_replay_old_failures(write_config, http_receiver):
+    """After an upgrade or on a new instance the sensor looks back one hour. An older failure must
+    not come back as a new alert on the tick after (Dagster's cursor after reading nothing means
+    "from the first event ever")."""
+    path = write_config({"app": UNREACHABLE}, alerts={"sinks": [
+        {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    specs = [s for s in discover_features() if s.conditions is None]
+    later = datetime.now(timezone.utc) + timedelta(hours=3)
+    with dg.instance_for_test() as instance:
+        assert not defs.resolve_job_def("backup_app").execute_in_process(instance=instance, raise_on_error=False).success
+        cursor = tick(defs, specs, instance, path, now=later)
+        tick(defs, specs, instance, path, cursor, now=later)
+    assert http_receiver.received("/hook") == []
+
+
+def test_a_retried_firing_is_dropped_once_its_alert_resolved():
+    from dbops_pipelines.alerts.dispatch import AlertState
+    from dbops_pipelines.alerts.model import Alert
+
+    stamp = datetime.now(timezone.utc).isoformat()
+    alert = Alert("app/backup_stale", "app", "backup_stale", "critical", "t", "m", stamp)
+    state = AlertState(pending=[{"sink": "pagerduty", "kind": "firing", "alert": alert.to_dict(), "since": stamp},
+                                {"sink": "pagerduty", "kind": "resolved", "alert": alert.to_dict(), "since": stamp}])
+    assert [(n.kind, sink) for n, sink in state.take_pending()] == [("resolved", "pagerduty")]

@@ -69,8 +69,11 @@ class AlertState:
 
     def take_pending(self) -> list[tuple[Notification, str]]:
         """The notifications to retry this tick, each with the one sink that missed it."""
-        out = [(Notification(p["kind"], Alert.from_dict(p["alert"])), p["sink"]) for p in self.pending]
-        self._retry_since = {(p["sink"], p["kind"], p["alert"]["key"]): p["since"] for p in self.pending}
+        # A "firing" or "reminder" of an alert that has been resolved since is not sent any more:
+        # it would reopen an incident that nothing will resolve again.
+        keep = [p for p in self.pending if p["kind"] == "resolved" or p["alert"]["key"] in self.open]
+        out = [(Notification(p["kind"], Alert.from_dict(p["alert"])), p["sink"]) for p in keep]
+        self._retry_since = {(p["sink"], p["kind"], p["alert"]["key"]): p["since"] for p in keep}
         self.pending = []
         return out
 

@@ -277,14 +277,17 @@ def deliver(notifications: list[Notification], sinks: list[Sink], attempts: int 
                 order += 1
     done: dict[int, list[tuple[int, DeliveryResult]]] = {i: [] for i in work}
 
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+
     def run(i: int) -> None:
         for seq, n in work[i]:
+            if deadline is not None and time.monotonic() >= deadline:
+                return   # what is left is reported as not delivered and retried next tick, never sent twice
             done[i].append((seq, _deliver_one(n, sinks[i], attempts, backoff, sleep)))
 
     threads = {i: threading.Thread(target=run, args=(i,), name=f"dbops-sink-{i}", daemon=True) for i in work}
     for t in threads.values():
         t.start()
-    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     results: list[tuple[int, DeliveryResult]] = []
     for i, t in threads.items():
         t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -368,4 +371,10 @@ def build_sinks(specs: list[SinkSettings], environ=os.environ) -> list[Sink]:
                       else f"{type(exc).__name__} (details withheld: they may quote a secret)")
             sinks.append(UnavailableSink(f"{spec.kind} (alerts.sinks[{i}])", spec.min_severity,
                                          f"cannot be built: {reason}"))
+    # A sink's name is its identity for retries kept in the sensor's cursor: two sinks that
+    # describe themselves alike (two PagerDuty services) get their place in the list added.
+    names = [s.name for s in sinks]
+    for i, sink in enumerate(sinks):
+        if names.count(sink.name) > 1:
+            sink.name = f"{sink.name} (alerts.sinks[{i}])"
     return sinks

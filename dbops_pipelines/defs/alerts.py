@@ -108,12 +108,23 @@ def finished_runs(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertSt
     are an operator's decision, not an alert."""
     out = []
     for event_type, succeeded in ((dg.DagsterEventType.RUN_FAILURE, False), (dg.DagsterEventType.RUN_SUCCESS, True)):
-        mark = f"runs:{event_type.value}"
-        cursor = state.marks.get(mark)
-        records = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(event_type, after_timestamp=None if cursor else (now - FIRST_LOOK_BACK).timestamp()),
-            limit=BATCH, cursor=cursor, ascending=True)
-        for rec in records.records:
+        mark_name = f"runs:{event_type.value}"
+        after = state.marks.get(mark_name)
+        if not isinstance(after, int):   # first look (or a mark of an earlier release)
+            newest = instance.fetch_run_status_changes(RunStatusChangeRecordsFilter(event_type), limit=1).records
+            if not newest:
+                after = 0                    # none ever: every one from now on is new
+            else:
+                # Look back a little, and start after the newest event seen even if that window was
+                # empty: never replay the instance's whole history as new alerts.
+                records = instance.fetch_run_status_changes(
+                    RunStatusChangeRecordsFilter(event_type, after_timestamp=(now - FIRST_LOOK_BACK).timestamp()),
+                    limit=BATCH, ascending=True).records
+                after = min([r.storage_id for r in records], default=newest[0].storage_id + 1) - 1
+        records = instance.fetch_run_status_changes(RunStatusChangeRecordsFilter(event_type, after_storage_id=after),
+                                                    limit=BATCH, ascending=True).records
+        for rec in records:
+            after = max(after, rec.storage_id)
             run = instance.get_run_by_id(rec.run_id)
             if run is None:
                 continue
@@ -122,9 +133,13 @@ def finished_runs(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertSt
                 shown = run.job_name if not run.job_name.startswith("__") else f"{feature} of {target} (from the asset page)"
                 out.append(FinishedRun(run.run_id, shown, target, feature, succeeded, ended,
                                        None if succeeded else _run_error(instance, run.run_id)))
-        if records.cursor:
-            state.marks[mark] = records.cursor
+        state.marks[mark_name] = after
     return out
+
+
+def _run_finished(instance: dg.DagsterInstance, run_id: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    return run is None or run.is_finished
 
 
 def check_evaluations(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertState,
@@ -148,7 +163,10 @@ def check_evaluations(instance: dg.DagsterInstance, cfg: FleetConfig, state: Ale
             continue
         history = instance.event_log_storage.get_asset_check_execution_history(key, limit=50)
         done = [r for r in history if r.status != AssetCheckExecutionRecordStatus.PLANNED and r.event is not None]
-        in_flight = [r.id for r in history if r.status == AssetCheckExecutionRecordStatus.PLANNED]
+        # A planned execution whose run has ended (its step failed or was skipped) never completes:
+        # only those of runs still going hold the mark back.
+        in_flight = [r.id for r in history if r.status == AssetCheckExecutionRecordStatus.PLANNED
+                     and not _run_finished(instance, r.run_id)]
         if mark is None:   # first look at a check: judge only its newest evaluation
             new = sorted(done, key=lambda r: r.id)[-1:]
             seen: set[int] = set()

@@ -27,8 +27,8 @@ from dbops_pipelines.verification.scratch import (SAME_SERVER, ScratchDatabase, 
 
 def pick_backup(ctx: FleetContext, target: str, backup_id: str | None) -> BackupEntry:
     """The chosen backup, or the newest valid *full* one: a partial backup is not the target's
-    restore point (verify it by naming it), unless the target is configured for partial backups
-    only and has no full one: then its newest backup of its configured kind."""
+    restore point (verify it by naming it). A target configured for partial backups verifies the
+    newest of its full and configured-kind backups, so an old full one is not verified for ever."""
     if backup_id:
         try:
             entry = find_backup(ctx.store, ctx.read_keys, backup_id, damaged_ok=True)
@@ -40,10 +40,9 @@ def pick_backup(ctx: FleetContext, target: str, backup_id: str | None) -> Backup
     entries = list_backups(ctx.store, ctx.read_keys, target)
     # Damaged backups are verified too: their damage is exactly what verification must report.
     # A target configured for partial backups has its configured kind as its restore point.
-    kind = "full" if ctx.config.target(target).kind == "full" else None
-    full = [e for e in entries if e.manifest is not None and e.kind == "full"]
-    if not full and kind is None:
-        full = [e for e in entries if e.manifest is not None and e.kind == ctx.config.target(target).kind]
+    configured = ctx.config.target(target).kind
+    kinds = ("full",) if configured == "full" else ("full", configured)
+    full = [e for e in entries if e.manifest is not None and e.kind in kinds]   # newest first
     if not full and any(isinstance(e.error, EncryptionKeyError) for e in entries):
         error = next(e.error for e in entries if isinstance(e.error, EncryptionKeyError))
         raise VerificationNotRun(f"verification of {target} not run: {error.message}", error.hint)
