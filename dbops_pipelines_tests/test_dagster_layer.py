@@ -378,3 +378,23 @@ def test_a_retried_firing_is_dropped_once_its_alert_resolved():
     state = AlertState(pending=[{"sink": "pagerduty", "kind": "firing", "alert": alert.to_dict(), "since": stamp},
                                 {"sink": "pagerduty", "kind": "resolved", "alert": alert.to_dict(), "since": stamp}])
     assert [(n.kind, sink) for n, sink in state.take_pending()] == [("resolved", "pagerduty")]
+
+
+def test_another_teams_failed_run_raises_nothing(write_config, http_receiver):
+    path = write_config({"app": UNREACHABLE}, alerts={"sinks": [
+        {"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    specs = [s for s in discover_features() if s.conditions is None]
+
+    @dg.op
+    def breaks():
+        raise dg.Failure(description="someone else's problem")
+
+    @dg.job
+    def reports_job():
+        breaks()
+
+    with dg.instance_for_test() as instance:
+        assert not reports_job.execute_in_process(instance=instance, raise_on_error=False).success
+        tick(defs, specs, instance, path)
+    assert http_receiver.received("/hook") == []

@@ -89,13 +89,16 @@ def run_subjects(instance: dg.DagsterInstance, run: dg.DagsterRun, failed: bool,
     target, feature = run.tags.get(names.TARGET_TAG), run.tags.get(names.FEATURE_TAG)
     if target in targets and feature:
         return {(target, feature)}
+    selected = set(run.asset_selection or ()) | {k.asset_key for k in (run.asset_check_selection or ())}
+    if not any(names.subject_of(k, targets) for k in selected):
+        return set()   # not ours (another team's job): its logs are not even read
     if failed:
         steps = {r.dagster_event.step_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)}
         found = {scope.step_subject[s] for s in steps if s in scope.step_subject}
         if found:
             return {f for f in found if f[0] in targets}
         # The run failed before any step (e.g. at launch): it speaks for everything it selected.
-        keys = set(run.asset_selection or ()) | {k.asset_key for k in (run.asset_check_selection or ())}
+        keys = selected
     else:
         keys = {r.dagster_event.asset_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
     return {(k.path[0], scope.feature_of[k]) for k in keys if k in scope.feature_of and names.subject_of(k, targets)}
