@@ -365,17 +365,26 @@ class Bench:
         from dbops_pipelines.sample.appdb import build_sample_database
 
         rows = max(1000, round(target_bytes / APP_BYTES_PER_ROW))
-        db = f"app_r{rows}"
+
+        def build(db: str) -> str:
+            stats: dict = {}
+            t0 = time.perf_counter()
+            build_sample_database(self.cluster.dsn(db), rows, seed=42, stats=stats)
+            return (f"built in {time.perf_counter() - t0:.0f} s (load {stats['seconds_load']:.0f} s, "
+                    f"keys/indexes {stats['seconds_constraints']:.0f} s, analyze {stats['seconds_analyze']:.0f} s)")
+
+        return self.build_once(f"app_r{rows}", f"the sample app database ({rows:,} rows, "
+                               f"~{rows * APP_BYTES_PER_ROW / 1e6:.0f} MB of dump)", build)
+
+    def build_once(self, db: str, what: str, build) -> str:
+        """``db`` as built before (marked complete), or built now: ``build(db)`` fills a fresh
+        database and returns a line for the log; then it is settled and marked complete."""
         if db in self.complete_databases():
             log(f"reusing database {db}")
             return db
-        log(f"building the sample app database {db} ({rows:,} rows, ~{rows * APP_BYTES_PER_ROW / 1e6:.0f} MB of dump)...")
+        log(f"building {db}: {what}...")
         self.fresh_database(db)
-        stats: dict = {}
-        t0 = time.perf_counter()
-        build_sample_database(self.cluster.dsn(db), rows, seed=42, stats=stats)
-        log(f"  built in {time.perf_counter() - t0:.0f} s (load {stats['seconds_load']:.0f} s, "
-            f"keys/indexes {stats['seconds_constraints']:.0f} s, analyze {stats['seconds_analyze']:.0f} s)")
+        log(f"  {build(db)}")
         self.settle(db)
         self.mark_complete(db)
         return db
@@ -412,16 +421,8 @@ class Bench:
             cal_file.write_text(str(per_scale))
             log(f"pgbench calibration: {per_scale / 1e6:.2f} MB of pg_dump -Z0 per scale unit")
         scale = max(1, round(target_bytes / per_scale))
-        db = f"pgbench_s{scale}"
-        if db in self.complete_databases():
-            log(f"reusing database {db}")
-            return db
-        log(f"building pgbench database {db} (pgbench -i -s {scale}, ~{scale * per_scale / 1e6:.0f} MB of dump)...")
-        self.fresh_database(db)
-        log(f"  built in {self._pgbench_init(db, scale):.0f} s")
-        self.settle(db)
-        self.mark_complete(db)
-        return db
+        return self.build_once(f"pgbench_s{scale}", f"pgbench -i -s {scale}, ~{scale * per_scale / 1e6:.0f} MB of dump",
+                               lambda db: f"built in {self._pgbench_init(db, scale):.0f} s")
 
     def build_hash(self, target_bytes: int) -> str:
         """Hash-like data, built in SQL with generate_series: per row an md5 and a sha256 hex
@@ -430,44 +431,40 @@ class Bench:
         character, so zstd -3 gets about 2.6x out of it (2.64x measured), at the cost of real
         work on every byte: the dataset where compression is the bottleneck."""
         rows = max(1000, round(target_bytes / HASH_BYTES_PER_ROW))
-        db = f"hash_r{rows}"
-        if db in self.complete_databases():
-            log(f"reusing database {db}")
-            return db
-        log(f"building the hash-like database {db} ({rows:,} rows, ~{rows * HASH_BYTES_PER_ROW / 1e6:.0f} MB of dump)...")
-        self.fresh_database(db)
-        t0 = time.perf_counter()
-        import psycopg
 
-        with psycopg.connect(self.cluster.dsn(db)) as conn:
-            conn.execute("SET LOCAL synchronous_commit = off")
-            conn.execute("SELECT setseed(0.42)")
-            conn.execute("""
-                CREATE TABLE digests (
-                    id      bigint PRIMARY KEY,
-                    md5     text NOT NULL,
-                    sha256  text NOT NULL,
-                    salt    bytea NOT NULL,
-                    path    text NOT NULL,
-                    seen_at timestamptz NOT NULL,
-                    status  text NOT NULL,
-                    content_type text NOT NULL
-                )""")
-            conn.execute("""
-                INSERT INTO digests
-                SELECT i,
-                       md5(i::text),
-                       encode(sha256(int8send(i)), 'hex'),
-                       decode(md5(random()::text) || md5(random()::text), 'hex'),
-                       's3://bench-objects/' || left(md5(i::text), 2) || '/' || md5(i::text) || '.bin',
-                       timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
-                       (ARRAY['new', 'seen', 'verified', 'expired'])[1 + i %% 4],
-                       (ARRAY['image/png', 'application/pdf', 'text/csv'])[1 + i %% 3]
-                FROM generate_series(1, %s) AS i""", (rows,))
-        log(f"  built in {time.perf_counter() - t0:.0f} s")
-        self.settle(db)
-        self.mark_complete(db)
-        return db
+        def build(db: str) -> str:
+            t0 = time.perf_counter()
+            import psycopg
+
+            with psycopg.connect(self.cluster.dsn(db)) as conn:
+                conn.execute("SET LOCAL synchronous_commit = off")
+                conn.execute("SELECT setseed(0.42)")
+                conn.execute("""
+                    CREATE TABLE digests (
+                        id      bigint PRIMARY KEY,
+                        md5     text NOT NULL,
+                        sha256  text NOT NULL,
+                        salt    bytea NOT NULL,
+                        path    text NOT NULL,
+                        seen_at timestamptz NOT NULL,
+                        status  text NOT NULL,
+                        content_type text NOT NULL
+                    )""")
+                conn.execute("""
+                    INSERT INTO digests
+                    SELECT i,
+                           md5(i::text),
+                           encode(sha256(int8send(i)), 'hex'),
+                           decode(md5(random()::text) || md5(random()::text), 'hex'),
+                           's3://bench-objects/' || left(md5(i::text), 2) || '/' || md5(i::text) || '.bin',
+                           timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
+                           (ARRAY['new', 'seen', 'verified', 'expired'])[1 + i %% 4],
+                           (ARRAY['image/png', 'application/pdf', 'text/csv'])[1 + i %% 3]
+                    FROM generate_series(1, %s) AS i""", (rows,))
+            return f"built in {time.perf_counter() - t0:.0f} s"
+
+        return self.build_once(f"hash_r{rows}", f"hash-like data ({rows:,} rows, "
+                               f"~{rows * HASH_BYTES_PER_ROW / 1e6:.0f} MB of dump)", build)
 
     # -- background load ----------------------------------------------------------------------
 

@@ -288,8 +288,7 @@ class FleetConfig(_Strict):
         t = self.target(name)
         if t.cluster:
             return t.cluster
-        info = conninfo_to_dict(t.dsn)  # URL or key=value form
-        return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
+        return host_port(t.dsn)
 
     def cluster_of(self, name: str) -> ClusterSettings:
         """The settings of the target's cluster; defaults when it is not declared."""
@@ -313,6 +312,12 @@ class FleetConfig(_Strict):
             f"set targets.{name}.roles.{purpose} (or clusters.{self.server_of(name)}.roles.{purpose}) to a role "
             "that may change rows; the backup role in `dsn` should stay read-only",
         )
+
+
+def host_port(dsn: str) -> str:
+    """The server a DSN (URL or key=value form) points at, as host:port."""
+    info = conninfo_to_dict(dsn)
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}"
 
 
 # --- reading the file ------------------------------------------------------------------------

@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 
 import dagster as dg
-from psycopg.conninfo import conninfo_to_dict
 
-from dbops_pipelines.config import FleetConfig
+from dbops_pipelines.config import FleetConfig, host_port
 
 # Tags on jobs, assets and runs. The alert sensor reads TARGET/FEATURE; CONFIG_SHA256 records
 # which dbops.yaml a job was defined from.
@@ -67,8 +66,7 @@ def verification_pool(cfg: FleetConfig, target: str) -> str:
     staging = cfg.verification_for(target).server_dsn
     if not staging:
         return server_pool(cfg, target)
-    info = conninfo_to_dict(staging)
-    return pool_name(f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}")
+    return pool_name(host_port(staging))
 
 
 def target_tags(cfg: FleetConfig, target: str, feature: str, config_sha256: str | None = None) -> dict[str, str]:

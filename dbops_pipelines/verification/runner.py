@@ -11,7 +11,7 @@ import psycopg
 from dbops_pipelines.backup.catalog import BackupEntry, find_backup, list_backups
 from dbops_pipelines.backup.snapshot import (QUOTED_NAMES, canonical_table, content_checksum_sql, count_rows, schema_fingerprint,
                                              split_table, user_tables)
-from dbops_pipelines.config import VerificationSettings
+from dbops_pipelines.config import VerificationSettings, host_port
 from dbops_pipelines.context import FleetContext
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import (DbopsError, EncryptionKeyError, IntegrityError, RestoreFailed, StorageError,
@@ -22,7 +22,7 @@ from dbops_pipelines.verification.compare import compare_fingerprints, compare_t
 from dbops_pipelines.verification.report import Finding, VerificationReport, save_report
 from dbops_pipelines.verification.sanity import run_sanity_checks
 from dbops_pipelines.verification.scratch import (SAME_SERVER, ScratchDatabase, admin_dsn, same_server_notice, scratch_name,
-                                                  server_label, server_role, sweep_stale)
+                                                  server_role, sweep_stale)
 
 
 def pick_backup(ctx: FleetContext, target: str, backup_id: str | None) -> BackupEntry:
@@ -110,7 +110,7 @@ def verify_backup(
     name = scratch_name(target, started)
     report = VerificationReport(
         backup_id=manifest.backup_id, target=target, verified_at=started.isoformat(), run_id=run_id,
-        scratch_database=name, server=server_label(admin), rto_seconds=None,
+        scratch_database=name, server=host_port(admin), rto_seconds=None,
         rto_objective_seconds=settings.rto_objective_seconds, server_role=role,
     )
     if role == SAME_SERVER:

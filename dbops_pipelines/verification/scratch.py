@@ -21,9 +21,10 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from dbops_pipelines.errors import DatabaseUnreachable
+from dbops_pipelines.config import host_port
 from dbops_pipelines.pgtools import connect
 from dbops_pipelines.retry import retry_call
 from dbops_pipelines.redact import redact
@@ -73,7 +74,7 @@ SAME_SERVER_ON_PURPOSE = "same_server_on_purpose"     # the same, declared delib
 def server_role(target_dsn: str, server_dsn: str | None, on_purpose: bool) -> str:
     """Where the restore's load lands. A server_dsn naming the target's own host:port is the same
     server, whatever it is called; different names for one machine cannot be told apart here."""
-    if server_dsn and server_label(server_dsn) != server_label(target_dsn):
+    if server_dsn and host_port(server_dsn) != host_port(target_dsn):
         return STAGING
     return SAME_SERVER_ON_PURPOSE if on_purpose else SAME_SERVER
 
@@ -180,7 +181,3 @@ class ScratchDatabase:
         except BaseException:  # noqa: BLE001 - a failed drop, or a second interrupt: the cause goes on
             cause.add_note(f"scratch database {self.name} could not be dropped now; the next verification sweeps it")
 
-
-def server_label(dsn: str) -> str:
-    info = conninfo_to_dict(dsn)
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
