@@ -176,6 +176,80 @@ class FeatureSettings(_Strict):
     timezone: str | None = None
 
 
+class StatsThresholds(_Strict):
+    """When a snapshot's numbers become findings (docs/findings.md). Every key optional: a target's
+    keys override defaults.stats.thresholds key by key, which override the built-in defaults."""
+
+    slow_statement_warning_ms: float | None = Field(None, gt=0)      # mean time per call
+    slow_statement_critical_ms: float | None = Field(None, gt=0)
+    slow_statement_min_calls: int | None = Field(None, ge=1)         # fewer calls: too little evidence
+    long_running_query_seconds: float | None = Field(None, gt=0)
+    idle_in_transaction_seconds: float | None = Field(None, gt=0)
+    lock_wait_seconds: float | None = Field(None, gt=0)
+    connections_high_ratio: float | None = Field(None, gt=0, le=1)   # of max_connections
+    connections_high_count: int | None = Field(None, ge=1)           # absolute; fires when either is passed
+    slow_connect_seconds: float | None = Field(None, gt=0)
+    cache_hit_low_ratio: float | None = Field(None, gt=0, le=1)
+    cache_hit_min_blocks: int | None = Field(None, ge=0)             # reads+hits in the window to judge at all
+    dead_tuples_count: int | None = Field(None, ge=0)
+    dead_tuples_ratio: float | None = Field(None, ge=0)              # of live tuples
+    seq_scan_heavy_min_scans: int | None = Field(None, ge=1)
+    seq_scan_heavy_min_bytes: int | None = Field(None, ge=0)         # tables smaller than this are fine to scan
+    seq_scan_heavy_max_index_ratio: float | None = Field(None, ge=0, le=1)  # idx_scan / (seq_scan + idx_scan)
+    unused_index_min_bytes: int | None = Field(None, ge=0)
+    fk_without_index_min_bytes: int | None = Field(None, ge=0)       # referencing tables smaller than this: info
+    wraparound_warning_age: int | None = Field(None, ge=1)
+    wraparound_critical_age: int | None = Field(None, ge=1)
+    replication_lag_bytes: int | None = Field(None, ge=0)
+    replication_lag_seconds: float | None = Field(None, ge=0)
+    slot_retained_wal_bytes: int | None = Field(None, ge=0)          # inactive slot holding more WAL than this
+    pg_stat_statements_full_ratio: float | None = Field(None, gt=0, le=1)   # entries / pg_stat_statements.max
+
+
+STATS_THRESHOLD_DEFAULTS = StatsThresholds(
+    slow_statement_warning_ms=500, slow_statement_critical_ms=10_000, slow_statement_min_calls=1,
+    long_running_query_seconds=60, idle_in_transaction_seconds=60, lock_wait_seconds=10,
+    connections_high_ratio=0.8, connections_high_count=None, slow_connect_seconds=5,
+    cache_hit_low_ratio=0.98, cache_hit_min_blocks=10_000,
+    dead_tuples_count=10_000, dead_tuples_ratio=0.10,
+    seq_scan_heavy_min_scans=1_000, seq_scan_heavy_min_bytes=10 << 20, seq_scan_heavy_max_index_ratio=0.01,
+    unused_index_min_bytes=1 << 20, fk_without_index_min_bytes=0,
+    wraparound_warning_age=500_000_000, wraparound_critical_age=1_200_000_000,
+    replication_lag_bytes=64 << 20, replication_lag_seconds=60, slot_retained_wal_bytes=1 << 30,
+    pg_stat_statements_full_ratio=0.9,
+)
+
+
+class StatsSettings(_Strict):
+    """targets.<name>.stats and defaults.stats; every key optional, a target's keys win."""
+
+    enabled: bool | None = None                  # default true (the feature needs a `metrics:` section)
+    schedule: str | None = None                  # default "*/5 * * * *"
+    timezone: str | None = None
+    top_n: int | None = Field(None, ge=1, le=1000)                # statements per ranking, tables, indexes
+    statement_timeout_seconds: float | None = Field(None, gt=0)   # each snapshot query
+    lock_timeout_seconds: float | None = Field(None, gt=0)
+    report_schedule: str | None = None           # the daily report asset; default "15 6 * * *"
+    report_window_hours: float | None = Field(None, gt=0)         # default 24
+    max_age_minutes: float | None = Field(None, gt=0)             # alert when no snapshot is younger; default 30
+    thresholds: StatsThresholds | None = None
+
+
+STATS_DEFAULTS = StatsSettings(
+    enabled=True, schedule="*/5 * * * *", timezone="UTC", top_n=50, statement_timeout_seconds=5,
+    lock_timeout_seconds=1, report_schedule="15 6 * * *", report_window_hours=24, max_age_minutes=30,
+    thresholds=STATS_THRESHOLD_DEFAULTS,
+)
+
+
+class MetricsSettings(_Strict):
+    """metrics: the PostgreSQL database that keeps stats history (docs/stats.md#history)."""
+
+    dsn: Dsn                                       # no password: PGPASSWORD or a PGPASSFILE
+    retention_days: int = Field(30, ge=1)          # whole daily partitions older than this are dropped
+    schema_name: str = Field("dbops_metrics", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+
 class RoleSettings(_Strict):
     """PostgreSQL role per purpose, swapped into the target's DSN; the backup role is the DSN's own."""
 
@@ -200,7 +274,7 @@ class TargetSettings(_Strict):
     roles: RoleSettings = RoleSettings()
     backup: TargetBackupSettings = TargetBackupSettings()
     verification: VerificationSettings | None = None
-    stats: FeatureSettings | None = None
+    stats: StatsSettings | None = None
     gdpr: FeatureSettings | None = None
     wal: FeatureSettings | None = None
     audit: FeatureSettings | None = None
@@ -213,6 +287,7 @@ class Defaults(_Strict):
     pg_bin_dir: str | None = None
     backup: BackupDefaults = BackupDefaults()
     verification: VerificationSettings = VerificationSettings()
+    stats: StatsSettings = StatsSettings()
 
 
 def _layered(base: BaseModel, *overrides: BaseModel | None) -> BaseModel:
@@ -230,6 +305,7 @@ class FleetConfig(_Strict):
     defaults: Defaults = Defaults()
     clusters: dict[str, ClusterSettings] = {}
     alerts: AlertSettings = AlertSettings()
+    metrics: MetricsSettings | None = None
     targets: dict[str, TargetSettings] = {}
 
     @field_validator("targets")
@@ -278,6 +354,15 @@ class FleetConfig(_Strict):
     def verification_for(self, name: str) -> VerificationSettings:
         """Target keys over defaults.verification keys over the built-in defaults."""
         return _layered(VERIFICATION_DEFAULTS, self.defaults.verification, self.target(name).verification)
+
+    def stats_for(self, name: str) -> StatsSettings:
+        """Target keys over defaults.stats keys over the built-in defaults; thresholds likewise,
+        key by key (a target that sets one threshold keeps the others)."""
+        target = self.target(name).stats
+        merged = _layered(STATS_DEFAULTS, self.defaults.stats, target)
+        merged.thresholds = _layered(STATS_THRESHOLD_DEFAULTS, self.defaults.stats.thresholds,
+                                     target.thresholds if target else None)
+        return merged
 
     def rpo_hours_for(self, name: str) -> float:
         return self.target(name).rpo_hours or self.defaults.rpo_hours

@@ -25,8 +25,7 @@ def build_definitions(path: str | Path | None = None, specs: list[FeatureSpec] |
     path = str(path or config_path())
     cfg, sha256 = register_snapshot(path)
     specs = discover_features() if specs is None else specs
-    features = dg.Definitions.merge(*(spec.build(cfg, target, sha256)
-                                      for target in sorted(cfg.targets) for spec in specs if spec.applies(cfg, target)))
+    features = dg.Definitions.merge(*(d for spec in specs for d in spec.definitions(cfg, sha256)))
     return dg.Definitions.merge(
         features,
         build_alert_defs(cfg, specs, features),

@@ -46,3 +46,11 @@ class RestoreFailed(DbopsError):
 class VerificationNotRun(DbopsError):
     """A restore verification could not be carried out (key, server, permissions, client
     programs); nothing was learnt about the backup and nothing was recorded against it."""
+
+
+class StatsFailed(DbopsError):
+    """A stats snapshot could not be taken or kept."""
+
+
+class MetricsStoreError(StorageError):
+    """The metrics database (history of stats snapshots) cannot be reached or written."""

@@ -157,14 +157,14 @@ def _login_refused(exc: Exception) -> bool:
 
 
 def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0,
-            error: type[DbopsError] = BackupFailed, **kwargs) -> psycopg.Connection:
+            error: type[DbopsError] = BackupFailed, application_name: str = "dbops", **kwargs) -> psycopg.Connection:
     """Connect with ``retries`` retries and exponential backoff (retry.py); transient outages
     and restarts are common. ``error`` is raised for a malformed DSN or a refused login: no
     retry helps either, and retrying a wrong password only locks accounts and delays the message."""
     parse_dsn(dsn, f"the DSN of {label}", error)  # psycopg's own message could quote the password
     try:
         return retry_call(
-            lambda: psycopg.connect(dsn, connect_timeout=10, application_name="dbops", **kwargs),
+            lambda: psycopg.connect(dsn, connect_timeout=10, application_name=application_name, **kwargs),
             attempts=retries + 1, backoff_seconds=backoff,
             retry_on=(psycopg.OperationalError,), give_up_on=_login_refused,
         )

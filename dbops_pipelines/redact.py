@@ -9,7 +9,9 @@ The patterns follow libpq's own parsing, so whatever libpq would take as a passw
 - key=value: ``password=x``, ``password = 'x y'``, quoted values with backslash escapes
   (``'it\\'s'``), unquoted values with escaped spaces (``a\\ b``), an unterminated quote (to the end);
 - sslpassword (the client key's passphrase) like password; PGPASSWORD=x; and the keys as a
-  Python dict or JSON prints them (``'password': 'x'``).
+  Python dict or JSON prints them (``'password': 'x'``);
+- SQL: the literal after PASSWORD in ``CREATE/ALTER ROLE ... [ENCRYPTED] PASSWORD 'x'`` (as
+  pg_stat_statements keeps utility statements and pg_stat_activity shows running ones).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ _QUERY_PARAM = re.compile(r"(?P<head>[?&](?P<key>[^=&#\s]+)=)(?P<pw>[^&#\s]*)")
 # Not right after ?/&: query values were handled above and end at '&', not at a space.
 _PASSWORD_KV = re.compile(
     rf"(?<![?&\w%])(?P<head>{_KEY}\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|\Z)|(?:\\.|[^\s\\])+\\?)", re.I | re.S)
+# PASSWORD 'x' / E'x' / $$x$$ / $tag$x$tag$, in SQL; '' inside a literal is a quote, not its end.
+_PASSWORD_IN_SQL = re.compile(
+    r"(?P<head>\bpassword\s+)(?P<pw>[eE]?'(?:[^'\\]|''|\\.)*(?:'|\Z)|(?P<tag>\$\w*\$).*?(?:(?P=tag)|\Z))", re.I | re.S)
 _PASSWORD_IN_MAPPING = re.compile(
     rf"""(?P<head>(?P<q>['"]){_KEY}(?P=q)\s*:\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|\Z)|"(?:[^"\\]|\\.)*(?:"|\Z))""", re.I | re.S)
 
@@ -40,4 +45,5 @@ def redact(text: str) -> str:
     text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     text = _QUERY_PARAM.sub(_query_param, text)
     text = _PASSWORD_KV.sub(lambda m: f"{m['head']}***", text)
+    text = _PASSWORD_IN_SQL.sub(lambda m: f"{m['head']}'***'", text)
     return _PASSWORD_IN_MAPPING.sub(lambda m: f"{m['head']}{m['pw'][0]}***{m['pw'][0]}", text)

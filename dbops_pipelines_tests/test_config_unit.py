@@ -258,7 +258,10 @@ def test_the_documented_file_is_in_the_grouped_shape_and_means_what_the_docs_say
     assert "user=billing_cleanup" in cfg.dsn_for("billing", "cleanup")
     assert "user=dbops_cleanup" in cfg.dsn_for("app", "cleanup")
     assert "user=dbops_monitor" in cfg.dsn_for("app", "monitor")
-    assert cfg.target("billing").stats.enabled and cfg.target("app").stats is None
+    assert cfg.target("app").stats is None and cfg.metrics.retention_days == 30
+    billing, app = cfg.stats_for("billing"), cfg.stats_for("app")
+    assert billing.thresholds.connections_high_count == 15 and app.thresholds.connections_high_count is None
+    assert (app.schedule, app.top_n, app.thresholds.lock_wait_seconds) == ("*/5 * * * *", 50, 10)
 
 
 def test_flat_retry_defaults_still_load_with_a_warning():

@@ -16,6 +16,17 @@ if [ ! -x "/usr/lib/postgresql/${PG_MAJOR}/bin/initdb" ]; then
   fi
 fi
 
+# promtool (Debian package prometheus) checks the stats exporter's output in the tests.
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing promtool (apt-get install prometheus)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "error: promtool is missing; install it as root: apt-get install prometheus" >&2
+    exit 1
+  fi
+fi
+
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)'; then
   echo "error: Python 3.11 or 3.12 is required ($PYTHON is $("$PYTHON" --version 2>&1))." >&2

@@ -24,8 +24,11 @@ WHAT_TO_DO = {
     "check_failed": "Open the check's latest evaluation; its findings name the backup and what differs. Do not rely on that backup until a fresh one verifies.",
     "backup_stale": "No valid backup within the RPO: check that the schedule is running, the daemon is up and the last runs succeeded; launch the backup job now.",
     "verification_stale": "No passing restore verification recently: check the verify schedule and launch the verify job now.",
-    "store_unreadable": "The alert sensor cannot read this target's backups in the store, so it cannot tell whether they are fresh: "
-                        "check the store's reachability and that the code location's environment has the backup key.",
+    "store_unreadable": "The alert sensor cannot read where this is recorded (the backup store; for stats, the metrics database), "
+                        "so it cannot tell whether it is fresh: check that it is reachable and that the code location's "
+                        "environment has the backup key and the database password.",
+    "stats_stale": "No stats snapshot recently: check that the stats_snapshots schedule is running, the daemon is up, the last "
+                   "stats runs succeeded and the metrics database is reachable; launch the stats_snapshots job now.",
 }
 
 

@@ -25,6 +25,10 @@ class Observation:
     key: str
     firing: bool
     alert: Alert | None = None
+    # A sweep (firing False): every open alert whose key starts with ``key`` and that is not seen
+    # firing this tick is resolved. For conditions judged as a set (a snapshot's findings): an
+    # object that is no longer found clears, without the condition having to know what was open.
+    sweep: bool = False
 
 
 @dataclass
@@ -103,6 +107,11 @@ def plan_notifications(observations: list[Observation], state: AlertState, now: 
     """Update ``state`` in place for this tick's observations (in order) and return what to send."""
     out: list[Notification] = []
     stamp = now.isoformat()
+    firing_now = {obs.key for obs in observations if obs.firing}
+    sweeps = [obs.key for obs in observations if obs.sweep]
+    observations = [obs for obs in observations if not obs.sweep] + [
+        Observation(key, False) for key in sorted(state.open)
+        if key not in firing_now and any(key.startswith(prefix) for prefix in sweeps)]
     for obs in observations:
         current = state.open.get(obs.key)
         if obs.firing:

@@ -39,27 +39,40 @@ DELIVERY_BUDGET_SECONDS = 30
 @dataclass(frozen=True)
 class AlertScope:
     """What the sensor watches, taken from the features' definitions (never from names): which
-    feature each asset belongs to, which target and feature each step works for, every check."""
+    feature each asset belongs to, which targets and features each step works for, every check
+    whose evaluations alert (a feature whose findings alert one by one through its conditions
+    marks its checks with ``names.ALERTS_PER_FINDING`` so a finding does not alert twice)."""
 
     feature_of: Mapping[dg.AssetKey, str]
-    step_subject: Mapping[str, tuple[str, str]]      # step key (op name) -> (target, feature)
+    step_subjects: Mapping[str, frozenset[tuple[str, str]]]    # step key (op name) -> {(target, feature)}
     check_keys: tuple[dg.AssetCheckKey, ...]
+    features: frozenset[str] = frozenset()
+
+    def step_assets(self, step: str) -> set[dg.AssetKey]:
+        subjects = self.step_subjects.get(step, frozenset())
+        return {k for k, f in self.feature_of.items() if (k.path[0], f) in subjects}
+
+
+def _alerting_checks(assets_def) -> set[dg.AssetCheckKey]:
+    specs = getattr(assets_def, "check_specs", ())
+    return {s.key for s in specs if (s.metadata or {}).get(names.ALERTS_PER_FINDING) is None}
 
 
 def alert_scope(defs: dg.Definitions) -> AlertScope:
     feature_of, steps, checks = {}, {}, set()
     for assets_def in defs.assets or []:
-        checks |= set(getattr(assets_def, "check_keys", ()))
+        checks |= _alerting_checks(assets_def)
         for spec in getattr(assets_def, "specs", []):
             if names.FEATURE_TAG in (spec.tags or {}):
                 feature_of[spec.key] = spec.tags[names.FEATURE_TAG]
-                steps.setdefault(assets_def.node_def.name, (spec.key.path[0], spec.tags[names.FEATURE_TAG]))
+                steps.setdefault(assets_def.node_def.name, set()).add((spec.key.path[0], spec.tags[names.FEATURE_TAG]))
     for checks_def in defs.asset_checks or []:
-        checks |= set(checks_def.check_keys)
+        checks |= _alerting_checks(checks_def)
         for key in checks_def.check_keys:
             if key.asset_key in feature_of:
-                steps.setdefault(checks_def.node_def.name, (key.asset_key.path[0], feature_of[key.asset_key]))
-    return AlertScope(feature_of, steps, tuple(sorted(checks, key=lambda k: k.to_user_string())))
+                steps.setdefault(checks_def.node_def.name, set()).add((key.asset_key.path[0], feature_of[key.asset_key]))
+    return AlertScope(feature_of, {k: frozenset(v) for k, v in steps.items()},
+                      tuple(sorted(checks, key=lambda k: k.to_user_string())), frozenset(feature_of.values()))
 
 
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
@@ -79,29 +92,42 @@ def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return None
 
 
+def _materialized(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:
+    return {r.dagster_event.asset_key for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+
+
 def run_subjects(instance: dg.DagsterInstance, run: dg.DagsterRun, failed: bool, targets,
-                 scope: "AlertScope") -> set[tuple[str, str]]:
-    """(target, feature) pairs a finished run speaks for. A job's tags say it outright. A run
-    launched from an asset page has no job tags: a failed one speaks for the features whose steps
-    failed, a successful one for the features whose assets it materialized, so a "Materialize
-    all" whose verification failed alerts for the verification, and a check-only run resolves
-    nothing it did not do."""
+                 scope: "AlertScope") -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(target, feature) pairs a finished run speaks for: (those it failed, those it did). A job
+    of one target says so in its tags. Otherwise (a run from an asset page, a fleet job working
+    for many targets in one step) the steps and materializations tell: a failed step fails the
+    subjects it did not materialize, so one unreachable database in a fleet-wide stats run alerts
+    for that database alone, and the others' earlier failures resolve; a "Materialize all" whose
+    verification failed alerts for the verification; a check-only run resolves nothing it did not do."""
     target, feature = run.tags.get(names.TARGET_TAG), run.tags.get(names.FEATURE_TAG)
     if target in targets and feature:
-        return {(target, feature)}
+        return ({(target, feature)}, set()) if failed else (set(), {(target, feature)})
     selected = set(run.asset_selection or ()) | {k.asset_key for k in (run.asset_check_selection or ())}
-    if not any(names.subject_of(k, targets) for k in selected):
-        return set()   # not ours (another team's job): its logs are not even read
-    if failed:
-        steps = {r.dagster_event.step_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)}
-        found = {scope.step_subject[s] for s in steps if s in scope.step_subject}
-        if found:
-            return {f for f in found if f[0] in targets}
-        # The run failed before any step (e.g. at launch): it speaks for everything it selected.
-        keys = selected
-    else:
-        keys = {r.dagster_event.asset_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
-    return {(k.path[0], scope.feature_of[k]) for k in keys if k in scope.feature_of and names.subject_of(k, targets)}
+    if not any(names.subject_of(k, targets) for k in selected) and feature not in scope.features:
+        return set(), set()   # not ours (another team's job): its logs are not even read
+    done = {(k.path[0], scope.feature_of[k]) for k in _materialized(instance, run.run_id)
+            if k in scope.feature_of and names.subject_of(k, targets)}
+    if not failed:
+        return set(), done
+    steps = {r.dagster_event.step_key for r in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)}
+    in_scope = {s for s in steps if s in scope.step_subjects}
+    if in_scope:
+        failing = set()
+        for step in in_scope:
+            subjects = scope.step_subjects[step]
+            if len(subjects) > 1:   # a step for many targets: those it did not materialize (and were selected)
+                subjects = subjects - done
+                if selected:
+                    subjects &= {(k.path[0], scope.feature_of[k]) for k in selected if k in scope.feature_of}
+            failing |= subjects
+        return {f for f in failing if f[0] in targets}, done - failing
+    # The run failed before any step (e.g. at launch): it speaks for everything it selected.
+    return {(k.path[0], scope.feature_of[k]) for k in selected if k in scope.feature_of and names.subject_of(k, targets)}, set()
 
 
 def finished_runs(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertState, now: datetime,
@@ -132,10 +158,12 @@ def finished_runs(instance: dg.DagsterInstance, cfg: FleetConfig, state: AlertSt
             if run is None:
                 continue
             ended = datetime.fromtimestamp(rec.timestamp, timezone.utc)
-            for target, feature in sorted(run_subjects(instance, run, not succeeded, cfg.targets, scope)):
+            failing, done = run_subjects(instance, run, not succeeded, cfg.targets, scope)
+            error = _run_error(instance, run.run_id) if failing else None
+            for target, feature in sorted(failing | done):
                 shown = run.job_name if not run.job_name.startswith("__") else f"{feature} of {target} (from the asset page)"
-                out.append(FinishedRun(run.run_id, shown, target, feature, succeeded, ended,
-                                       None if succeeded else _run_error(instance, run.run_id)))
+                ok = (target, feature) not in failing
+                out.append(FinishedRun(run.run_id, shown, target, feature, ok, ended, None if ok else error))
         state.marks[mark_name] = after
     return out
 
@@ -202,6 +230,13 @@ def store_conditions(context, ctx: FleetContext | None, specs: Sequence[FeatureS
     if ctx is None:
         return out
     cfg = ctx.config
+    for spec in specs:
+        if spec.fleet_conditions is None or not spec.targets(cfg):
+            continue
+        try:
+            out += spec.fleet_conditions(ctx, spec.targets(cfg), now)
+        except Exception as exc:  # noqa: BLE001 - one feature's bug must not silence every other alert
+            context.log.error(f"alert conditions of {spec.name} failed: {redact(str(exc))}")
     for target in sorted(cfg.targets):
         for spec in specs:
             if spec.conditions is None or not spec.applies(cfg, target):

@@ -20,11 +20,16 @@ TARGET_TAG = "dbops/target"
 FEATURE_TAG = "dbops/feature"
 SERVER_TAG = "dbops/server"
 CONFIG_TAG = "dbops/config_sha256"
+# On a check's metadata: its feature alerts finding by finding (through its conditions), so a
+# failed evaluation of this check is not an alert of its own.
+ALERTS_PER_FINDING = "dbops/alerts_per_finding"
 
 # Asset names (the last part of each key); a feature's name is its main asset's name.
 BACKUP = "backup"
 BACKUP_RETENTION = "backup_retention"
 RESTORE_VERIFICATION = "restore_verification"
+STATS = "stats"
+STATS_REPORT = "stats_report"
 
 # Check names.
 STORED_BACKUP_INTEGRITY = "stored_backup_integrity"

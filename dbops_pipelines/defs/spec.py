@@ -31,12 +31,26 @@ TRANSIENT = (DatabaseUnreachable, StorageError)
 @dataclass(frozen=True)
 class FeatureSpec:
     name: str
-    # One target's definitions: assets, checks, jobs, schedules.
-    build: Callable[[FleetConfig, str, str], dg.Definitions]            # (cfg, target, config_sha256)
+    # One target's definitions: assets, checks, jobs, schedules (None: a fleet-only feature).
+    build: Callable[[FleetConfig, str, str], dg.Definitions] | None     # (cfg, target, config_sha256)
     # Alert conditions judged from the store each sensor tick (silence, staleness).
     conditions: Callable[[FleetContext, str, datetime], list[Observation]] | None = None
     # Whether the feature applies to a target (e.g. only when its section is configured).
     applies: Callable[[FleetConfig, str], bool] = lambda cfg, target: True
+    # For features whose work is done for many targets at once (one run per tick for the whole
+    # fleet, not one per target): definitions and conditions over every target it applies to.
+    build_fleet: Callable[[FleetConfig, list[str], str], dg.Definitions] | None = None
+    fleet_conditions: Callable[[FleetContext, list[str], datetime], list[Observation]] | None = None
+
+    def targets(self, cfg: FleetConfig) -> list[str]:
+        return [t for t in sorted(cfg.targets) if self.applies(cfg, t)]
+
+    def definitions(self, cfg: FleetConfig, config_sha256: str) -> list[dg.Definitions]:
+        targets = self.targets(cfg)
+        out = [self.build(cfg, t, config_sha256) for t in targets] if self.build else []
+        if self.build_fleet is not None and targets:
+            out.append(self.build_fleet(cfg, targets, config_sha256))
+        return out
 
 
 def as_failure(exc: DbopsError) -> dg.Failure:

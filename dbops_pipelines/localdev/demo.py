@@ -44,11 +44,12 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = ROOT / "workspace.yaml"   # names the code location after the project: dbops_pipelines
 KEY_FILE = "backup.key"
 ENV_FILE = "env.sh"
+METRICS_DB = "dbops_metrics"         # stats history of the demo
 ALERTS_FILE = "alerts.jsonl"          # relative: next to dbops.yaml
 KEY_VAR = "DBOPS_BACKUP_KEY"
 
 
-def write_fleet_config(path: Path, app_dsn: str, ui_url: str | None = None) -> None:
+def write_fleet_config(path: Path, app_dsn: str, ui_url: str | None = None, metrics_dsn: str | None = None) -> None:
     storage = {"url": os.environ.get("DBOPS_STORAGE_URL", f"file://{path.parent / 'backups'}")}
     if os.environ.get("DBOPS_S3_ENDPOINT_URL"):
         storage["s3_endpoint_url"] = os.environ["DBOPS_S3_ENDPOINT_URL"]
@@ -59,6 +60,8 @@ def write_fleet_config(path: Path, app_dsn: str, ui_url: str | None = None) -> N
         "storage": storage,
         "encryption": {"key_env": KEY_VAR},
         "alerts": alerts,
+        # stats history: a database of the demo's own cluster (in production: a separate server)
+        **({"metrics": {"dsn": metrics_dsn, "retention_days": 30}} if metrics_dsn else {}),
         "targets": {"app": {"dsn": app_dsn}},
     }, sort_keys=False))
 
@@ -237,10 +240,12 @@ def main() -> int:
             cluster.create_database("app")
             build_sample_database(cluster.dsn("app"), args.rows)
             cluster.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname="app")
+        if METRICS_DB not in {r[0] for r in cluster.execute("SELECT datname FROM pg_database")}:
+            cluster.create_database(METRICS_DB)
 
         url = f"http://127.0.0.1:{args.port}"
         config = base / "dbops.yaml"
-        write_fleet_config(config, cluster.dsn("app"), ui_url=url)
+        write_fleet_config(config, cluster.dsn("app"), ui_url=url, metrics_dsn=cluster.dsn(METRICS_DB))
         env_file = write_env_file(base, config)
         try:
             seeded = seed_backup(config)

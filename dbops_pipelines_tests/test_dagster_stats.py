@@ -1,0 +1,90 @@
+"""Stats in Dagster: one run snapshots the whole fleet; a finding shows in the section check,
+alerts through the sinks (one alert per target, code and object) and resolves once it is gone;
+an unreachable target fails the run after the others are kept, and alerts for itself alone."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import dagster as dg
+import psycopg
+import pytest
+
+from dbops_pipelines.config import load_config
+from dbops_pipelines.defs import names
+from dbops_pipelines.defs.alerts import alert_scope, evaluate_alerts
+from dbops_pipelines.defs.spec import discover_features
+from dbops_pipelines.defs.stats import check_name
+from dbops_pipelines.definitions import build_definitions
+from dbops_pipelines.stats.service import open_store
+
+UNREACHABLE = "postgresql://dbops@127.0.0.1:1/down"
+
+
+@pytest.fixture
+def metrics_db(pg_cluster):
+    name = f"metrics_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_database(name)
+    yield pg_cluster.dsn(name)
+    pg_cluster.drop_database(name, force=True)
+
+
+def tick(defs, instance, path, cursor=None):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+    return evaluate_alerts(ctx, load_config(path), alert_scope(defs), discover_features()).cursor
+
+
+def test_fleet_run_findings_alert_and_resolve(write_config, sample_app, metrics_db, http_receiver):
+    path = write_config(
+        {"app": {"dsn": sample_app["dsn"], "stats": {"thresholds": {"idle_in_transaction_seconds": 0.5}}},
+         "down": UNREACHABLE},
+        metrics={"dsn": metrics_db},
+        alerts={"sinks": [{"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    dg.Definitions.validate_loadable(defs)     # as the webserver loads it: names unique, jobs resolvable
+    job = defs.resolve_job_def("stats_snapshots")
+    assert defs.resolve_job_def("stats_reports") and {s.name for s in defs.schedules} >= {
+        "stats_snapshots_schedule", "stats_reports_schedule"}
+    app_key, down_key = names.asset_key("app", names.STATS), names.asset_key("down", names.STATS)
+    assert set(job.asset_layer.executable_asset_keys) >= {app_key, down_key}
+
+    idle = psycopg.connect(sample_app["dsn"])
+    idle.execute("SELECT 1")          # now idle in transaction
+    pid = idle.info.backend_pid
+    time.sleep(1.0)
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success     # the unreachable target fails the run...
+        # ...after the reachable one was snapshotted, kept and checked
+        app_event = instance.get_latest_materialization_event(app_key)
+        assert app_event is not None and instance.get_latest_materialization_event(down_key) is None
+        meta = app_event.asset_materialization.metadata
+        assert meta["kept_in_history"].value is True
+        assert meta["connections"].value >= 1 and 0 <= meta["cache_hit_ratio"].value <= 1
+        assert f"pid {pid}" in meta["summary"].value
+        checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(app_key, check_name("activity")), dg.AssetCheckKey(app_key, check_name("tables"))])
+        activity = checks[dg.AssetCheckKey(app_key, check_name("activity"))]
+        assert activity.event.dagster_event.event_specific_data.passed is False
+
+        cursor = tick(defs, instance, path)
+        fired = {r.body["alert"]["key"]: r.body for r in http_receiver.received("/hook")}
+        finding_key = f"app/stats/idle_in_transaction/pid {pid}"
+        assert fired[finding_key]["alert"]["condition"] == "idle_in_transaction"
+        assert "pg_terminate_backend" in fired[finding_key]["alert"]["message"]
+        assert fired["down/run_failed/stats"]["alert"]["run_id"] == result.run_id
+        assert "down/stats_stale" in fired                       # never had a snapshot
+        assert "app/run_failed/stats" not in fired and "app/stats_stale" not in fired
+        assert not any(k.startswith("app/check_failed/") for k in fired)   # findings alert once, by object
+
+        idle.rollback()
+        idle.close()
+        again = defs.get_repository_def().get_implicit_job_def_for_assets([app_key]).execute_in_process(
+            instance=instance, asset_selection=[app_key])
+        assert again.success
+        tick(defs, instance, path, cursor)
+    resolved = [r.body for r in http_receiver.received("/hook") if r.body["event"] == "resolved"]
+    assert finding_key in {b["alert"]["key"] for b in resolved}
+    with open_store(load_config(path)) as store:
+        assert store.last_taken_at("app") is not None and store.last_taken_at("down") is None
