@@ -88,6 +88,12 @@ def _check_usage(args) -> None:
                          "or `dbops stats report TARGET --out FILE.html`")
     if sub == "report" and not args.out:
         raise UsageError("`dbops stats report` needs --out FILE.html")
+    if args.since is not None:
+        parse_age(args.since, "--since")
+    now = datetime.now(timezone.utc)
+    for flag, value in (("--from", args.start), ("--to", args.end)):
+        if value is not None:
+            parse_time(value, flag, now)
 
 
 def cmd_stats(args) -> int:
@@ -158,7 +164,7 @@ def _print_snapshot(snap: Snapshot, as_json: bool, note: str | None) -> None:
 def cmd_history(cfg, args) -> int:
     now = datetime.now(timezone.utc)
     since = now - parse_age(args.since or "6h", "--since")
-    with open_store(cfg) as store:
+    with open_store(cfg, for_writing=False) as store:
         if args.metric:
             rows = store.series(args.target, args.metric, since)
             if not rows and args.metric not in store.metrics(args.target):
@@ -198,7 +204,7 @@ def cmd_report(cfg, args) -> int:
     if start >= end:
         _usage(UsageError("--from must be before --to"))
         return 2
-    with open_store(cfg) as store:
+    with open_store(cfg, for_writing=False) as store:
         path = write_report(store, args.target, start, end, args.out)
     print(f"report of {args.target} ({start.isoformat(timespec='minutes')} .. {end.isoformat(timespec='minutes')}) written to {path}")
     return 0

@@ -141,21 +141,29 @@ def test_store_conditions_never_resolve_on_a_store_that_cannot_be_opened(write_c
 
 def test_snapshot_of_all_definitions(write_config, sample_app):
     """Everything a two-target fleet shows in the UI, by name: a change to any of it is deliberate."""
-    path = write_config({"app": sample_app["dsn"], "billing": {"dsn": sample_app["dsn"], "cluster": "main"}},
-                        clusters={"main": {"pool_limit": 2}})
+    path = write_config({"app": sample_app["dsn"],
+                         "billing": {"dsn": sample_app["dsn"], "cluster": "main", "stats": {"schedule": "*/1 * * * *"}}},
+                        clusters={"main": {"pool_limit": 2}}, metrics={"dsn": sample_app["dsn"]})
     repo = build_definitions(path).get_repository_def()
     graph = repo.asset_graph
     assert sorted(k.to_user_string() for k in graph.get_all_asset_keys()) == [
-        "app/backup", "app/backup_retention", "app/restore_verification",
-        "billing/backup", "billing/backup_retention", "billing/restore_verification"]
+        "app/backup", "app/backup_retention", "app/restore_verification", "app/stats", "app/stats_report",
+        "billing/backup", "billing/backup_retention", "billing/restore_verification", "billing/stats",
+        "billing/stats_report"]
+    sections = ["findings_activity", "findings_database", "findings_health", "findings_statements", "findings_tables"]
     assert sorted(f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys) == [
         "app/backup:stored_backup_integrity", "app/restore_verification:restored_copy_matches",
-        "billing/backup:stored_backup_integrity", "billing/restore_verification:restored_copy_matches"]
+        *(f"app/stats:{c}" for c in sections),
+        "billing/backup:stored_backup_integrity", "billing/restore_verification:restored_copy_matches",
+        *(f"billing/stats:{c}" for c in sections)]
     assert {graph.get(k).group_name for k in graph.get_all_asset_keys()} == {"app", "billing"}
+    # one stats job per schedule (all its targets in one run), not one per target
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "backup_app", "backup_billing", "verify_app", "verify_billing"]
+        "backup_app", "backup_billing", "stats_reports", "stats_snapshots", "stats_snapshots_83117196",
+        "verify_app", "verify_billing"]
     assert sorted(s.name for s in repo.schedule_defs) == [
-        "backup_app_schedule", "backup_billing_schedule", "verify_app_schedule", "verify_billing_schedule"]
+        "backup_app_schedule", "backup_billing_schedule", "stats_reports_schedule", "stats_snapshots_83117196_schedule",
+        "stats_snapshots_schedule", "verify_app_schedule", "verify_billing_schedule"]
     assert sorted(s.name for s in repo.sensor_defs) == ["dbops_alerts", "dbops_pool_limits"]
     # A local-directory store is shown as what it is, never as S3.
     assert graph.get(names.asset_key("app", "backup")).kinds == {"postgres", "file"}

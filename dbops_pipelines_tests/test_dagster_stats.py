@@ -70,7 +70,7 @@ def test_fleet_run_findings_alert_and_resolve(write_config, sample_app, metrics_
 
         cursor = tick(defs, instance, path)
         fired = {r.body["alert"]["key"]: r.body for r in http_receiver.received("/hook")}
-        finding_key = f"app/stats/idle_in_transaction/pid {pid}"
+        finding_key = f"app/stats/activity/idle_in_transaction/pid {pid}"
         assert fired[finding_key]["alert"]["condition"] == "idle_in_transaction"
         assert "pg_terminate_backend" in fired[finding_key]["alert"]["message"]
         assert fired["down/run_failed/stats"]["alert"]["run_id"] == result.run_id
@@ -88,3 +88,71 @@ def test_fleet_run_findings_alert_and_resolve(write_config, sample_app, metrics_
     assert finding_key in {b["alert"]["key"] for b in resolved}
     with open_store(load_config(path)) as store:
         assert store.last_taken_at("app") is not None and store.last_taken_at("down") is None
+
+
+def test_metrics_database_down_fails_the_run_and_keeps_the_numbers(write_config, sample_app, http_receiver):
+    path = write_config({"app": sample_app["dsn"]}, metrics={"dsn": "postgresql://dbops@127.0.0.1:1/metrics"},
+                        alerts={"sinks": [{"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
+    defs = build_definitions(path)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("stats_snapshots").execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
+        assert "not kept" in failure.step_failure_data.user_failure_data.description
+        meta = instance.get_latest_materialization_event(names.asset_key("app", names.STATS)).asset_materialization.metadata
+        assert meta["kept_in_history"].value is False and "database_size_bytes" in meta   # shown, not lost
+        tick(defs, instance, path)
+    fired = {r.body["alert"]["key"] for r in http_receiver.received("/hook")}
+    assert {"app/run_failed/stats", "app/store_unreadable/stats_stale"} <= fired
+    assert "app/stats_stale" not in fired          # unknown is not "stale": never judged on a guess
+
+
+def test_daily_report_is_kept_beside_the_backups(write_config, sample_app, metrics_db, tmp_path):
+    path = write_config({"app": sample_app["dsn"]}, metrics={"dsn": metrics_db})
+    defs = build_definitions(path)
+    report_key = names.asset_key("app", names.STATS_REPORT)
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            assert defs.resolve_job_def("stats_snapshots").execute_in_process(instance=instance).success
+        assert defs.resolve_job_def("stats_reports").execute_in_process(instance=instance).success
+        location = instance.get_latest_materialization_event(report_key).asset_materialization.metadata["report"].value
+    stored = list((tmp_path / "store" / "reports" / "stats" / "app").glob("*.html"))
+    assert len(stored) == 1 and stored[0].name in location      # the metadata says where it is
+    assert "<svg" in stored[0].read_text()
+
+
+def test_a_section_not_collected_resolves_none_of_its_findings(write_config, metrics_db):
+    """Not seeing a finding because its section failed is not seeing it gone; a stale newest
+    snapshot judges nothing either."""
+    from datetime import datetime, timedelta, timezone
+
+    from dbops_pipelines.alerts.dispatch import AlertState, plan_notifications
+    from dbops_pipelines.context import FleetContext
+    from dbops_pipelines.defs.stats import fleet_conditions
+    from dbops_pipelines.findings import Finding
+    from dbops_pipelines.stats.model import Snapshot
+
+    path = write_config({"app": "postgresql://dbops@127.0.0.1:1/app"}, metrics={"dsn": metrics_db})
+    cfg = load_config(path)
+    ctx, state, start = FleetContext(cfg), AlertState(), datetime.now(timezone.utc) - timedelta(minutes=20)
+    dead = Finding("dead_tuples", "warning", "app", "public.t", "m", "r", section="tables")
+    broken = Finding("snapshot_incomplete", "warning", "app", "tables", "timeout", "r", section="tables")
+
+    def tick(minutes: int, findings: list[Finding]) -> list[tuple[str, str]]:
+        at = start + timedelta(minutes=minutes)
+        with open_store(cfg) as store:
+            store.save(Snapshot("app", at, 150004, 0.01, 0.1, findings=findings))
+        sent = plan_notifications(fleet_conditions(ctx, ["app"], at), state, at, timedelta(hours=4))
+        return [(n.kind, n.alert.key) for n in sent if "/stats/" in n.alert.key]
+
+    assert tick(0, [dead]) == [("firing", "app/stats/tables/dead_tuples/public.t")]
+    assert tick(5, [broken]) == [("firing", "app/stats/tables/snapshot_incomplete/tables")]   # dead_tuples stays open
+    assert set(state.open) >= {"app/stats/tables/dead_tuples/public.t"}
+    assert sorted(tick(10, [])) == [("resolved", "app/stats/tables/dead_tuples/public.t"),
+                                    ("resolved", "app/stats/tables/snapshot_incomplete/tables")]
+    # a newest snapshot older than max_age_minutes (30) cannot resolve anything
+    tick(11, [dead])
+    at = start + timedelta(minutes=11 + 31)
+    sent = plan_notifications(fleet_conditions(ctx, ["app"], at), state, at, timedelta(hours=4))
+    assert "app/stats/tables/dead_tuples/public.t" in state.open
+    assert [(n.kind, n.alert.key) for n in sent] == [("firing", "app/stats_stale")]

@@ -51,6 +51,13 @@ def test_what_follows_a_password_survives():
     f"{{'host': 'h', 'password': '{SECRET}'}}",
     f'{{"password": "{SECRET} x", "host": "h"}}',
     f"two: postgresql://a:{SECRET}@h/x and postgresql://b:{SECRET}@k/y",
+    # SQL, as pg_stat_statements keeps utility statements and pg_stat_activity shows running ones
+    f"ALTER ROLE app PASSWORD '{SECRET}'",
+    f"CREATE USER x WITH LOGIN ENCRYPTED PASSWORD 'it''s {SECRET}' VALID UNTIL 'infinity'",
+    f"alter role x password E'a\\' {SECRET}'",
+    f"CREATE ROLE x PASSWORD $$ {SECRET} $$",
+    f"CREATE ROLE x PASSWORD $pw$ {SECRET} $pw$ LOGIN",
+    f"ALTER ROLE x PASSWORD '{SECRET}",                      # cut at 300 characters: no closing quote
 ])
 def test_passwords_inside_messages_are_hidden(text):
     assert SECRET not in redact(text)
@@ -63,6 +70,7 @@ def test_passwords_inside_messages_are_hidden(text):
     "mypassword=1 old_password=2",
     "pg_dump: dumping contents of table public.passwords",
     "postgresql://h/db?options=-c%20x%3Dy",
+    "SELECT password_hash FROM users WHERE id = $1",
 ])
 def test_text_without_a_password_is_unchanged(text):
     assert redact(text) == text

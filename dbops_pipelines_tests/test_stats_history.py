@@ -114,6 +114,13 @@ def test_a_snapshot_round_trips_with_samples_statements_and_findings(store, pg_c
                                "ORDER BY queryid", dbname=metrics_db, params=(target,))
     assert [(q, t) for q, t, _ in texts] == [(101, "SELECT * FROM orders WHERE id = $1"), (202, 'UPDATE "Weird" SET x = $1')]
     assert all(seen == NOW for _, _, seen in texts)
+    # stored once: the document leaves findings and query texts to their tables, reads put them back
+    [(doc,)] = pg_cluster.execute("SELECT doc FROM dbops_metrics.snapshot WHERE target = %s AND taken_at = %s",
+                                  dbname=metrics_db, params=(target, NOW))
+    assert doc["findings"] == [] and not any("query" in item for item in doc["sections"]["statements"]["top"] if "queryid" in item)
+    assert {item["queryid"]: item["query"] for item in latest.sections["statements"]["top"] if "queryid" in item} == {
+        101: "SELECT * FROM orders WHERE id = $1", 202: 'UPDATE "Weird" SET x = $1'}
+    assert second.findings and all("query" in item for item in second.sections["statements"]["top"])  # not mutated
 
 
 def test_reads_between_snapshots_and_for_several_targets(store):

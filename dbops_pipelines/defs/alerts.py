@@ -120,8 +120,9 @@ def run_subjects(instance: dg.DagsterInstance, run: dg.DagsterRun, failed: bool,
         failing = set()
         for step in in_scope:
             subjects = scope.step_subjects[step]
-            if len(subjects) > 1:   # a step for many targets: those it did not materialize (and were selected)
-                subjects = subjects - done
+            if len(subjects) > 1:   # a step for many targets: those it did not materialize (and were selected);
+                # when it materialized all of them and failed anyway (e.g. history not kept), it failed for all
+                subjects = (subjects - done) or subjects
                 if selected:
                     subjects &= {(k.path[0], scope.feature_of[k]) for k in selected if k in scope.feature_of}
             failing |= subjects

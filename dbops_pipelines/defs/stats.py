@@ -255,7 +255,9 @@ def build_fleet(cfg: FleetConfig, targets: list[str], config_sha256: str) -> dg.
 # --- alert conditions ---------------------------------------------------------------------
 
 def finding_key(f: Finding) -> str:
-    return f"{f.target}/{STATS}/{f.code}/{f.object}"
+    # One open alert per target, code and object; the section in the key lets a tick resolve
+    # only what the sections it actually collected no longer find.
+    return f"{f.target}/{STATS}/{f.section}/{f.code}/{f.object}"
 
 
 def finding_alert(f: Finding, taken_at: datetime) -> Alert:
@@ -268,11 +270,12 @@ def finding_alert(f: Finding, taken_at: datetime) -> Alert:
 
 def fleet_conditions(ctx: FleetContext, targets: list[str], now: datetime) -> list[Observation]:
     """Per target: no snapshot within max_age_minutes (silence), and each warning or critical
-    finding of the newest snapshot, swept so a finding that is gone resolves. A stale newest
-    snapshot cannot say what is still wrong: its findings are left as they were."""
+    finding of the newest snapshot, swept per section so a finding that is gone resolves. A stale
+    newest snapshot cannot say what is still wrong, nor can a section it failed to collect: their
+    findings are left as they were."""
     cfg = ctx.config
     try:
-        with open_store(cfg) as store:
+        with open_store(cfg, for_writing=False) as store:
             latest = store.latest_findings(targets)
         problem = None
     except DbopsError as exc:
@@ -292,7 +295,9 @@ def fleet_conditions(ctx: FleetContext, targets: list[str], now: datetime) -> li
             taken_at, findings = latest[t]
             out += [Observation(finding_key(f), True, finding_alert(f, taken_at))
                     for f in findings if f.severity != "info"]
-            out.append(Observation(f"{t}/{STATS}/", False, sweep=True))
+            not_collected = {f.object for f in findings if f.code == "snapshot_incomplete"}
+            out += [Observation(f"{t}/{STATS}/{section}/", False, sweep=True)
+                    for section in SECTION_MODULES if section not in not_collected]
     return out
 
 

@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS {s}.statement_text (
 );
 CREATE TABLE IF NOT EXISTS {s}.finding (
     target text NOT NULL, taken_at timestamptz NOT NULL, code text NOT NULL, severity text NOT NULL,
-    object text NOT NULL, message text NOT NULL, recommendation text NOT NULL, sql text
+    object text NOT NULL, message text NOT NULL, recommendation text NOT NULL, sql text,
+    section text NOT NULL DEFAULT ''
 ) PARTITION BY RANGE (taken_at);
 CREATE INDEX IF NOT EXISTS finding_target_taken_at_idx ON {s}.finding (target, taken_at);
 """
@@ -354,7 +355,7 @@ class MetricsStore:
         if len(samples) < len(snap.samples):
             log.warning("snapshot of %s at %s: %d samples without a finite value were not stored",
                         snap.target, taken_at.isoformat(), len(snap.samples) - len(samples))
-        doc = snap.to_dict() | {"taken_at": taken_at.isoformat(), "samples": [s.to_dict() for s in samples]}
+        doc = _stored_doc(snap, taken_at, samples)
         self._run(lambda: self._write(snap, taken_at, doc, samples), "save the snapshot")
 
     def _write(self, snap: Snapshot, taken_at: datetime, doc: dict, samples: list[Sample]) -> None:
@@ -379,10 +380,10 @@ class MetricsStore:
                                  for s in samples])
                 self._write_statements(cur, snap, target, taken_at)
                 cur.executemany(sql.SQL(
-                    "INSERT INTO {} (target, taken_at, code, severity, object, message, recommendation, sql) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(self._t("finding")),
+                    "INSERT INTO {} (target, taken_at, code, severity, object, message, recommendation, sql, section) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)").format(self._t("finding")),
                     [(target, taken_at, _text(f.code), f.severity, _text(f.object) or "", _text(f.message) or "",
-                      _text(f.recommendation) or "", _text(f.sql)) for f in snap.findings])
+                      _text(f.recommendation) or "", _text(f.sql), _text(f.section) or "") for f in snap.findings])
 
     def _write_statements(self, cur: psycopg.Cursor, snap: Snapshot, target: str, taken_at: datetime) -> None:
         top = _top_statements(snap.sections.get("statements", {}))
@@ -414,7 +415,33 @@ class MetricsStore:
     def _snapshot(self, where: str, params: tuple, order: str = "DESC") -> Snapshot | None:
         rows = self._rows(sql.SQL("SELECT taken_at, doc FROM {} WHERE target = %s AND " + where +
                                   " ORDER BY taken_at " + order + " LIMIT 1").format(self._t("snapshot")), params)
-        return _from_row(*rows[0]) if rows else None
+        return self._complete([_from_row(*rows[0])])[0] if rows else None
+
+    def _complete(self, snaps: list[Snapshot]) -> list[Snapshot]:
+        """Put back what the stored document leaves to the other tables (``_stored_doc``): the
+        findings, and the statements' query texts. Two queries, however many snapshots."""
+        if not snaps:
+            return snaps
+        keys = ([s.target for s in snaps], [s.taken_at for s in snaps])
+        found: dict[tuple, list[Finding]] = {}
+        for target, taken_at, code, severity, obj, message, rec, fix, section in self._rows(sql.SQL(
+                "SELECT f.target, f.taken_at, code, severity, object, message, recommendation, sql, section "
+                "FROM unnest(%s::text[], %s::timestamptz[]) AS k(target, taken_at) "
+                "JOIN {} f ON f.target = k.target AND f.taken_at = k.taken_at").format(self._t("finding")), keys):
+            found.setdefault((target, taken_at), []).append(Finding(code, severity, target, obj, message, rec, fix, section))
+        wanted = {(s.target, int(item["queryid"])) for s in snaps for item in _top_statements(s.sections.get("statements"))
+                  if "query" not in item}
+        rows = self._rows(sql.SQL(
+            "SELECT x.target, x.queryid, x.query FROM unnest(%s::text[], %s::bigint[]) AS k(target, queryid) "
+            "JOIN {} x ON x.target = k.target AND x.queryid = k.queryid").format(self._t("statement_text")),
+            ([t for t, _ in wanted], [q for _, q in wanted])) if wanted else []
+        texts = {(t, q): text for t, q, text in rows}
+        for snap in snaps:
+            if not snap.findings:
+                snap.findings = by_severity(found.get((snap.target, snap.taken_at), []))
+            for item in _top_statements(snap.sections.get("statements")):
+                item.setdefault("query", texts.get((snap.target, int(item["queryid"])), ""))
+        return snaps
 
     def latest(self, target: str) -> Snapshot | None:
         return self._snapshot("true", (target,))
@@ -436,7 +463,7 @@ class MetricsStore:
         rows = self._rows(sql.SQL("SELECT s.taken_at, s.doc FROM unnest(%s::text[]) AS t(target) CROSS JOIN LATERAL "
                                   "(SELECT taken_at, doc FROM {} WHERE target = t.target ORDER BY taken_at DESC LIMIT 1) s")
                           .format(self._t("snapshot")), (list(targets),))
-        return {snap.target: snap for snap in (_from_row(*row) for row in rows)}
+        return {snap.target: snap for snap in self._complete([_from_row(*row) for row in rows])}
 
     def last_taken_at(self, target: str) -> datetime | None:
         rows = self._rows(sql.SQL("SELECT max(taken_at) FROM {} WHERE target = %s").format(self._t("snapshot")), (target,))
@@ -473,24 +500,40 @@ class MetricsStore:
         """When each of ``targets`` was last snapshotted, with that snapshot's findings, in one
         query (the alert sensor's per-tick read: no documents, one PK probe per target)."""
         rows = self._rows(sql.SQL(
-            "SELECT t.target, s.taken_at, f.code, f.severity, f.object, f.message, f.recommendation, f.sql "
+            "SELECT t.target, s.taken_at, f.code, f.severity, f.object, f.message, f.recommendation, f.sql, f.section "
             "FROM unnest(%s::text[]) AS t(target) CROSS JOIN LATERAL "
             "(SELECT taken_at FROM {snap} WHERE target = t.target ORDER BY taken_at DESC LIMIT 1) s "
             "LEFT JOIN {finding} f ON f.target = t.target AND f.taken_at = s.taken_at"
         ).format(snap=self._t("snapshot"), finding=self._t("finding")), (list(targets),))
         out: dict[str, tuple[datetime, list[Finding]]] = {}
-        for target, taken_at, code, severity, obj, message, rec, fix in rows:
+        for target, taken_at, code, severity, obj, message, rec, fix, section in rows:
             _, found = out.setdefault(target, (taken_at, []))
             if code is not None:
-                found.append(Finding(code, severity, target, obj, message, rec, fix))
+                found.append(Finding(code, severity, target, obj, message, rec, fix, section))
         return {t: (at, by_severity(found)) for t, (at, found) in out.items()}
 
     def findings_at(self, target: str, taken_at: datetime) -> list[Finding]:
-        rows = self._rows(sql.SQL("SELECT code, severity, object, message, recommendation, sql FROM {} "
+        rows = self._rows(sql.SQL("SELECT code, severity, object, message, recommendation, sql, section FROM {} "
                                   "WHERE target = %s AND taken_at = %s").format(self._t("finding")),
                           (target, _utc(taken_at, "taken_at")))
-        return by_severity([Finding(code, severity, target, obj, message, rec, fix)
-                            for code, severity, obj, message, rec, fix in rows])
+        return by_severity([Finding(code, severity, target, obj, message, rec, fix, section)
+                            for code, severity, obj, message, rec, fix, section in rows])
+
+
+def _stored_doc(snap: Snapshot, taken_at: datetime, samples: list[Sample]) -> dict:
+    """The snapshot as the ``doc`` column keeps it: without the findings (the ``finding`` table
+    has them) and without the statements' query texts (``statement_text`` has each once), which
+    would otherwise be stored twice, every five minutes: about a third of a snapshot's bytes."""
+    doc = snap.to_dict() | {"taken_at": taken_at.isoformat(), "samples": [s.to_dict() for s in samples],
+                            "findings": []}
+    statements = doc["sections"].get("statements")
+    if isinstance(statements, dict) and isinstance(statements.get("top"), list):
+        doc["sections"] = dict(doc["sections"])          # copies: the snapshot itself stays whole
+        statements = doc["sections"]["statements"] = dict(statements)
+        statements["top"] = [{k: v for k, v in item.items() if k != "query"}
+                             if isinstance(item, dict) and _number(item.get("queryid"), int) is not None else item
+                             for item in statements["top"]]
+    return doc
 
 
 def _from_row(taken_at: datetime, doc: dict) -> Snapshot:

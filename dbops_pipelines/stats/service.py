@@ -41,15 +41,27 @@ def require_metrics(cfg: FleetConfig) -> None:
                           "or run `dbops stats TARGET --no-save` for a one-off snapshot")
 
 
-def open_store(cfg: FleetConfig) -> MetricsStore:
+def open_store(cfg: FleetConfig, for_writing: bool = True) -> MetricsStore:
+    """The metrics database; for writing, its schema and the partitions ahead are made sure of
+    first. Readers (the alert sensor, history, reports) create nothing: they need no DDL right,
+    and a schema not made yet reads as empty."""
     require_metrics(cfg)
     store = MetricsStore.open(cfg.metrics, retries=cfg.defaults.connect_retries)
-    try:
-        store.ensure_schema(datetime.now(timezone.utc))
-    except BaseException:
-        store.close()
-        raise
+    if for_writing:
+        try:
+            store.ensure_schema(datetime.now(timezone.utc))
+        except BaseException:
+            store.close()
+            raise
     return store
+
+
+def _completed(futures, on_interrupt):
+    try:
+        yield from as_completed(futures)
+    except BaseException:
+        on_interrupt()
+        raise
 
 
 def snapshot_targets(cfg: FleetConfig, targets: list[str], save: bool = True,
@@ -73,7 +85,10 @@ def snapshot_targets(cfg: FleetConfig, targets: list[str], save: bool = True,
                 log(f"ERROR cannot read the previous snapshots: {redact(exc.message)}")
         with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(targets)))) as pool:
             futures = {pool.submit(take_snapshot, cfg, t, previous.get(t)): t for t in targets}
-            for future in as_completed(futures):
+            # Interrupted (Ctrl-C, SIGTERM, Terminate in the UI): targets not started are dropped;
+            # those under way end within their statement timeout, and nothing half-taken is kept.
+            stop_pending = lambda: [f.cancel() for f in futures]  # noqa: E731
+            for future in _completed(futures, on_interrupt=stop_pending):
                 outcome = outcomes[futures[future]]
                 try:
                     outcome.snapshot = future.result()
@@ -115,7 +130,7 @@ def store_report(ctx: FleetContext, target: str, end: datetime, window: timedelt
     (create-only: an existing report is never overwritten). Returns (location, bytes)."""
     from dbops_pipelines.stats.report import build_report
 
-    with open_store(ctx.config) as store:
+    with open_store(ctx.config, for_writing=False) as store:
         html = build_report(store, target, end - window, end).encode()
     key = report_key(target, end)
     ctx.store.put_bytes(key, html)

@@ -23,6 +23,7 @@ from dbops_pipelines.findings import Finding
 from dbops_pipelines.pgtools import connect
 from dbops_pipelines.redact import redact
 from dbops_pipelines.stats.model import CollectEnv, Sample, Section, Snapshot
+from dbops_pipelines.stats.sections import quoted_name
 
 APPLICATION_NAME = "dbops_stats"   # so snapshots are recognisable (and excluded from their own counts)
 SECTION_MODULES = ("database", "statements", "activity", "tables", "health")
@@ -50,7 +51,10 @@ def take_snapshot(cfg: FleetConfig, target: str, previous: Snapshot | None = Non
     connect_seconds = time.monotonic() - started
     try:
         with conn:
-            taken_at, version = conn.execute("SELECT now(), current_setting('server_version_num')::int").fetchone()
+            taken_at, version, role, sees_all = conn.execute(
+                "SELECT now(), current_setting('server_version_num')::int, current_user::text, "
+                "r.rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+                "FROM pg_roles r WHERE r.rolname = current_user").fetchone()
             env = CollectEnv(server_version_num=version, top_n=settings.top_n, connect_seconds=connect_seconds,
                              settings=settings)
             snap = Snapshot(target=target, taken_at=taken_at, server_version_num=version,
@@ -68,6 +72,15 @@ def take_snapshot(cfg: FleetConfig, target: str, previous: Snapshot | None = Non
                           "check the server's log; the next snapshot retries") from None
     snap.duration_seconds = time.monotonic() - started
     judge(snap, previous, sections, settings)
+    if not sees_all:
+        # Without pg_read_all_stats every section still answers, but only about this role's own
+        # sessions and statements: numbers that look complete and are not.
+        snap.findings.append(Finding(
+            "monitor_role_limited", "warning", target, quoted_name(role),
+            f"the monitor role {quoted_name(role)} is not a member of pg_monitor (nor pg_read_all_stats): it sees only "
+            "its own sessions and statements, so connections, locks and top statements are incomplete",
+            "Grant it pg_monitor (docs/findings.md#grants-a-pg_monitor-role), or set roles.monitor to a role that has it.",
+            sql=f"GRANT pg_monitor TO {quoted_name(role)}", section="database"))
     return snap
 
 
@@ -102,8 +115,9 @@ def judge(snap: Snapshot, previous: Snapshot | None, sections: list[Section], se
         snap.findings.append(Finding(
             "snapshot_incomplete", "warning", snap.target, name,
             f"the {name} section could not be collected: {why}",
-            "Grant the monitor role pg_monitor (docs/stats.md#grants); if it timed out, raise "
-            "stats.statement_timeout_seconds for this target.", section=name))
+            "Grant the monitor role pg_monitor (docs/findings.md#grants-a-pg_monitor-role); if it timed out, raise "
+            "stats.statement_timeout_seconds (or stats.lock_timeout_seconds after a lock timeout) for this target.",
+            section=name))
 
 
 def snapshot_summary(snap: Snapshot) -> str:

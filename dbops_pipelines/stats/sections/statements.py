@@ -289,7 +289,7 @@ def statements_missing(target: str, data: dict) -> Finding:
                      "'pg_stat_statements', keeping any library already listed there) and restart the server")
     if not data.get("installed"):
         steps.append(f"run CREATE EXTENSION pg_stat_statements in database {database} "
-                     "(as a superuser or the database owner)")
+                     "(as a superuser: pg_stat_statements is not a trusted extension)")
     return Finding(
         "pg_stat_statements_missing", "warning", target, "",
         f"no statement statistics: {data.get('reason', 'pg_stat_statements is not available')}",
