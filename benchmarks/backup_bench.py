@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -51,6 +50,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dbops_pipelines.backup.engine import BackupOptions  # noqa: E402  (the engine's defaults are what is measured)
+
+from benchlib import (  # noqa: E402  (benchmarks/, this script's directory, is sys.path[0])
+    PG_BIN, build_once, complete_databases, cpu_busy_seconds, fresh_database, log, machine_info, mark_complete,
+    pgbench_init, postmaster_pid, proc_stat, run_bench, settle, start_cluster, tree_cpu_seconds,
+)
 
 THREADS, LEVEL = BackupOptions().zstd_threads, BackupOptions().zstd_level
 
@@ -152,18 +156,6 @@ def _child(spec_path: str) -> int:
 # Parent side
 # ----------------------------------------------------------------------------------------------
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def cpu_busy_seconds() -> float:
-    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat."""
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 # Peak RSS and CPU. wait4()'s ru_maxrss of a child we fork+exec directly is useless here: Linux keeps
 # the high-water RSS of the pre-exec image, i.e. of this ~85 MiB Python process, so every child
 # would report >= 85 MiB. So each measured process is forked by a tiny parent that wait4()s it
@@ -196,12 +188,6 @@ def read_usage(rss_file: str | Path) -> tuple[float, float]:
     return int(kib) / 1024, float(user) + float(system)
 
 
-def _proc_stat(pid: int) -> tuple[int, list[int]]:
-    """(ppid, [utime, stime, cutime, cstime] in clock ticks) from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), [int(x) for x in fields[11:15]]
-
-
 def _add_other(cpu: dict) -> None:
     """Busy CPU on the machine not accounted to any process we know of: kernel work not charged
     to a process (within about +-1 s per run here) plus anything else running on the box. A
@@ -219,32 +205,10 @@ def children_of(pid: int | None) -> set[int]:
         return set()
 
 
-def tree_cpu_seconds(root: int | None) -> float:
-    """CPU used so far by process ``root``, its reaped children (cutime/cstime) and its live
-    children. For the postmaster this covers every backend, finished or not."""
-    if root is None:
-        return 0.0
-    ticks = 0
-    try:
-        _, t = _proc_stat(root)
-        ticks += sum(t)
-    except OSError:
-        return 0.0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                ppid, t = _proc_stat(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == root:
-                ticks += t[0] + t[1]
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def process_cpu_seconds(pid: int) -> float:
     """user+sys CPU of one live process (all its threads); 0 if it is gone."""
     try:
-        _, t = _proc_stat(pid)
+        _, t = proc_stat(pid)
     except (OSError, IndexError, ValueError):
         return 0.0
     return (t[0] + t[1]) / os.sysconf("SC_CLK_TCK")
@@ -264,15 +228,12 @@ class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.work = Path(args.work).resolve()
-        self.pg_bin = Path("/usr/lib/postgresql/15/bin")
         self.cluster = None
         self.s3 = None
         self.zstd_cli = shutil.which("zstd")
         self.results: dict = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(),
-                        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+            "machine": machine_info(),
             "size_mb_requested": args.size_mb,
             "repeat": args.repeat,
             "zstd_cli": self.zstd_cli,
@@ -286,23 +247,8 @@ class Bench:
     # -- services -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        from dbops_pipelines.localdev.pgcluster import LocalCluster
-
-        marker = self.work / ".backup_bench"
-        if self.work.exists() and any(self.work.iterdir()) and not marker.exists():
-            raise SystemExit(f"{self.work} is not empty and not a backup_bench work directory: "
-                             "pass an empty or new --work (it is deleted at the end unless --keep)")
-        self.work.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        port_file = self.work / "pg_port"
-        port = int(port_file.read_text()) if port_file.exists() and (self.work / "pg" / "data" / "PG_VERSION").exists() else None
-        self.cluster = LocalCluster(self.work / "pg", port=port, fsync=True)
-        self.cluster.start()
-        port_file.write_text(str(self.cluster.port))
-        fsync = self.cluster.execute("SHOW fsync")[0][0]
-        if fsync != "on":
-            raise SystemExit(f"the benchmark cluster runs with fsync={fsync}; benchmarks need fsync=on")
-        log(f"PostgreSQL {self.cluster.execute('SHOW server_version')[0][0]} on port {self.cluster.port}, fsync={fsync}")
+        self.cluster = start_cluster(self.work, "backup_bench")   # fsync=on, or it refuses
+        log(f"PostgreSQL {self.cluster.execute('SHOW server_version')[0][0]} on port {self.cluster.port}, fsync=on")
         if not self.args.skip_s3:
             import secrets
 
@@ -334,24 +280,10 @@ class Bench:
 
     # -- datasets -----------------------------------------------------------------------------
 
-    def complete_databases(self) -> set[str]:
-        """Databases a previous --keep run finished building (marked by a comment)."""
-        return {r[0] for r in self.cluster.execute(
-            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = 'bench-complete'")}
-
-    def fresh_database(self, db: str) -> None:
-        self.cluster.drop_database(db)  # a half-built leftover of an interrupted --keep run
-        self.cluster.create_database(db)
-
-    def mark_complete(self, db: str) -> None:
-        from psycopg import sql
-
-        self.cluster.execute(sql.SQL("COMMENT ON DATABASE {} IS 'bench-complete'").format(sql.Identifier(db)))
-
     def dump_size(self, db: str) -> tuple[int, float]:
         """pg_dump -Fc -Z0 through a pipe into us, counting bytes (also the cache warm-up)."""
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"],
+        proc = subprocess.Popen([str(PG_BIN / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"],
                                 stdout=subprocess.PIPE, bufsize=0)
         n = 0
         fd = proc.stdout.fileno()
@@ -368,41 +300,12 @@ class Bench:
 
         def build(db: str) -> str:
             stats: dict = {}
-            t0 = time.perf_counter()
             build_sample_database(self.cluster.dsn(db), rows, seed=42, stats=stats)
-            return (f"built in {time.perf_counter() - t0:.0f} s (load {stats['seconds_load']:.0f} s, "
-                    f"keys/indexes {stats['seconds_constraints']:.0f} s, analyze {stats['seconds_analyze']:.0f} s)")
+            return (f"load {stats['seconds_load']:.0f} s, keys/indexes {stats['seconds_constraints']:.0f} s, "
+                    f"analyze {stats['seconds_analyze']:.0f} s")
 
-        return self.build_once(f"app_r{rows}", f"the sample app database ({rows:,} rows, "
-                               f"~{rows * APP_BYTES_PER_ROW / 1e6:.0f} MB of dump)", build)
-
-    def build_once(self, db: str, what: str, build) -> str:
-        """``db`` as built before (marked complete), or built now: ``build(db)`` fills a fresh
-        database and returns a line for the log; then it is settled and marked complete."""
-        if db in self.complete_databases():
-            log(f"reusing database {db}")
-            return db
-        log(f"building {db}: {what}...")
-        self.fresh_database(db)
-        log(f"  {build(db)}")
-        self.settle(db)
-        self.mark_complete(db)
-        return db
-
-    def settle(self, db: str) -> None:
-        """VACUUM and CHECKPOINT after loading, so autovacuum and the checkpointer have nothing
-        left to do while we measure."""
-        self.cluster.execute("VACUUM (ANALYZE)", dbname=db)
-        self.cluster.execute("CHECKPOINT")
-
-    def _pgbench_init(self, db: str, scale: int) -> float:
-        cmd = [str(self.pg_bin / "pgbench"), "-i", "-q", "-s", str(scale), "-h", self.cluster.host,
-               "-p", str(self.cluster.port), "-U", "postgres", db]
-        t0 = time.perf_counter()
-        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if res.returncode != 0:
-            raise SystemExit(f"pgbench -i failed:\n{res.stdout}")
-        return time.perf_counter() - t0
+        return build_once(self.cluster, f"app_r{rows}", f"the sample app database ({rows:,} rows, "
+                          f"~{rows * APP_BYTES_PER_ROW / 1e6:.0f} MB of dump)", build)
 
     def build_pgbench(self, target_bytes: int) -> str:
         cal_file = self.work / "pgbench_bytes_per_scale"
@@ -413,16 +316,21 @@ class Bench:
             sizes = {}
             for s in (1, 2):
                 cal = f"pgbench_cal{s}"
-                self.fresh_database(cal)
-                self._pgbench_init(cal, s)
+                fresh_database(self.cluster, cal)
+                pgbench_init(self.cluster, cal, s)
                 sizes[s] = self.dump_size(cal)[0]
                 self.cluster.drop_database(cal)
             per_scale = sizes[2] - sizes[1]
             cal_file.write_text(str(per_scale))
             log(f"pgbench calibration: {per_scale / 1e6:.2f} MB of pg_dump -Z0 per scale unit")
         scale = max(1, round(target_bytes / per_scale))
-        return self.build_once(f"pgbench_s{scale}", f"pgbench -i -s {scale}, ~{scale * per_scale / 1e6:.0f} MB of dump",
-                               lambda db: f"built in {self._pgbench_init(db, scale):.0f} s")
+
+        def build(db: str) -> str:
+            pgbench_init(self.cluster, db, scale)
+            return ""
+
+        return build_once(self.cluster, f"pgbench_s{scale}", f"pgbench -i -s {scale}, ~{scale * per_scale / 1e6:.0f} MB of dump",
+                          build)
 
     def build_hash(self, target_bytes: int) -> str:
         """Hash-like data, built in SQL with generate_series: per row an md5 and a sha256 hex
@@ -433,7 +341,6 @@ class Bench:
         rows = max(1000, round(target_bytes / HASH_BYTES_PER_ROW))
 
         def build(db: str) -> str:
-            t0 = time.perf_counter()
             import psycopg
 
             with psycopg.connect(self.cluster.dsn(db)) as conn:
@@ -461,23 +368,23 @@ class Bench:
                            (ARRAY['new', 'seen', 'verified', 'expired'])[1 + i %% 4],
                            (ARRAY['image/png', 'application/pdf', 'text/csv'])[1 + i %% 3]
                     FROM generate_series(1, %s) AS i""", (rows,))
-            return f"built in {time.perf_counter() - t0:.0f} s"
+            return ""
 
-        return self.build_once(f"hash_r{rows}", f"hash-like data ({rows:,} rows, "
-                               f"~{rows * HASH_BYTES_PER_ROW / 1e6:.0f} MB of dump)", build)
+        return build_once(self.cluster, f"hash_r{rows}", f"hash-like data ({rows:,} rows, "
+                          f"~{rows * HASH_BYTES_PER_ROW / 1e6:.0f} MB of dump)", build)
 
     # -- background load ----------------------------------------------------------------------
 
     def build_load_db(self) -> None:
-        if LOAD_DB in self.complete_databases():
+        if LOAD_DB in complete_databases(self.cluster):
             return
         log(f"building the background-load database {LOAD_DB} (pgbench -i -s {LOAD_SCALE})...")
-        self.fresh_database(LOAD_DB)
-        self._pgbench_init(LOAD_DB, LOAD_SCALE)
+        fresh_database(self.cluster, LOAD_DB)
+        pgbench_init(self.cluster, LOAD_DB, LOAD_SCALE)
         # pg_stat_statements counts statements as they finish (no stats-flush delay): the TPS source.
         self.cluster.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname=LOAD_DB)
-        self.settle(LOAD_DB)
-        self.mark_complete(LOAD_DB)
+        settle(self.cluster, LOAD_DB)
+        mark_complete(self.cluster, LOAD_DB)
 
     def load_transactions(self) -> int:
         """Transactions pgbench completed so far: calls of the one statement each of its
@@ -491,7 +398,7 @@ class Bench:
     def start_load(self) -> dict:
         """Start pgbench against LOAD_DB; after a warm-up, measure its TPS alone for a few
         seconds. Returns the state end_load needs."""
-        cmd = [str(self.pg_bin / "pgbench"), "-c", "4", "-j", "2", "-T", "3600", "-n",
+        cmd = [str(PG_BIN / "pgbench"), "-c", "4", "-j", "2", "-T", "3600", "-n",
                *(["-S"] if self.args.load == "pgbench-select" else []),
                "-h", self.cluster.host, "-p", str(self.cluster.port), "-U", "postgres", LOAD_DB]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -581,7 +488,7 @@ class Bench:
                 "cpu_util": cpu["machine"] / (wall * os.cpu_count()), **self.load_result(ctx)}
 
     def measure_gzip(self, db: str, path: Path) -> dict:
-        r = self._measure_cmds("(a)", [([str(self.pg_bin / "pg_dump"), "-Fc", "-f", str(path),
+        r = self._measure_cmds("(a)", [([str(PG_BIN / "pg_dump"), "-Fc", "-f", str(path),
                                          f"--dbname={self.cluster.dsn(db)}"], {})])
         r["stored_bytes"] = path.stat().st_size
         r["peak_rss_mib"] = r["pg_dump_rss_mib"] = r["rss_mib"][0]
@@ -589,14 +496,14 @@ class Bench:
         return r
 
     def measure_read(self, db: str) -> dict:
-        r = self._measure_cmds("(b)", [([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0",
+        r = self._measure_cmds("(b)", [([str(PG_BIN / "pg_dump"), "-Fc", "-Z0",
                                          f"--dbname={self.cluster.dsn(db)}"], {})])
         r["peak_rss_mib"] = r["pg_dump_rss_mib"] = r["rss_mib"][0]
         return r
 
     def measure_zstd_cli(self, db: str) -> dict:
         r = self._measure_cmds("(b2)", [
-            ([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"], {}),
+            ([str(PG_BIN / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"], {}),
             ([self.zstd_cli, "-1", "-T2", "-q", "-c"], {"stdout": subprocess.DEVNULL}),
         ])
         r["peak_rss_mib"] = r["rss_mib"][1]  # zstd's
@@ -610,7 +517,7 @@ class Bench:
         path = self.work / f"{db}.b3.zst"
         with open(path, "wb") as fh:
             r = self._measure_cmds("(b3)", [
-                ([str(self.pg_bin / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"], {}),
+                ([str(PG_BIN / "pg_dump"), "-Fc", "-Z0", f"--dbname={self.cluster.dsn(db)}"], {}),
                 ([self.zstd_cli, f"-{LEVEL}", "-T1", "-q", "-c"], {"stdout": fh}),
             ])
             t0 = time.perf_counter()
@@ -689,8 +596,8 @@ class Bench:
         return {"load": ctx["load_info"]} if "load_info" in ctx else {}
 
     def cpu_snapshot(self) -> dict:
-        self._backends_before = children_of(self.postmaster_pid())
-        snap = {"machine": cpu_busy_seconds(), "postgres": tree_cpu_seconds(self.postmaster_pid())}
+        self._backends_before = children_of(postmaster_pid(self.cluster))
+        snap = {"machine": cpu_busy_seconds(), "postgres": tree_cpu_seconds(postmaster_pid(self.cluster))}
         if self.s3 is not None and self.s3._proc is not None:
             snap["weed"] = tree_cpu_seconds(self.s3._proc.pid)
         if self._load_proc is not None:  # the background pgbench and its backends (also inside "postgres")
@@ -702,7 +609,7 @@ class Bench:
         # A backend's CPU only reaches the postmaster's cutime once it has exited and been
         # reaped, which can lag its client's exit: wait for the measurement's backends to go.
         deadline = time.monotonic() + 3
-        while children_of(self.postmaster_pid()) - self._backends_before and time.monotonic() < deadline:
+        while children_of(postmaster_pid(self.cluster)) - self._backends_before and time.monotonic() < deadline:
             time.sleep(0.02)
         after = self.cpu_snapshot()
         delta = {k: round(after[k] - before[k], 2) for k in before}
@@ -732,18 +639,12 @@ class Bench:
                 log(f"  machine {100 * util:.0f}% busy by something else: waiting for it to settle")
                 waited = True
 
-    def postmaster_pid(self) -> int | None:
-        try:
-            return int((self.cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
     def pg_dump_wrapper_dir(self) -> Path:
         """A bin dir whose pg_dump runs the real one under the RSS recorder (BackupOptions.pg_bin_dir)."""
         d = self.work / "pgbin"
         d.mkdir(exist_ok=True)
         wrapper = d / "pg_dump"
-        inner = " ".join(f"'{a}'" for a in rss_wrapped([str(self.pg_bin / "pg_dump")], "@RSS@"))
+        inner = " ".join(f"'{a}'" for a in rss_wrapped([str(PG_BIN / "pg_dump")], "@RSS@"))
         inner = inner.replace("'@RSS@'", '"$DBOPS_BENCH_PG_DUMP_RSS"')
         wrapper.write_text(f'#!/bin/sh\nexec {inner} "$@"\n')
         wrapper.chmod(0o755)
@@ -1084,24 +985,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(args.only) - set(MEASUREMENTS):
         parser.error(f"unknown measurements {sorted(set(args.only) - set(MEASUREMENTS))}")
 
-    bench = Bench(args)
-    t0 = time.perf_counter()
-    def on_sigterm(*_) -> None:  # clean up like Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        bench.start()
-        bench.run()
-    finally:
-        bench.stop()
-        if not args.keep and (bench.work / ".backup_bench").exists():
-            shutil.rmtree(bench.work, ignore_errors=True)
-    res = bench.results
-    res["total_seconds"] = time.perf_counter() - t0
-    res["goals"] = goals(res)
-    print(report(res))
-    print(f"\ntotal run time {res['total_seconds'] / 60:.1f} min")
+    res = run_bench(Bench(args), "backup_bench", args.keep, goals, report)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
         print(f"results written to {args.json}")

@@ -48,10 +48,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -72,7 +70,11 @@ from psycopg import sql  # noqa: E402
 from dbops_pipelines.config import parse_config  # noqa: E402
 from dbops_pipelines.stats.snapshot import all_sections, judge, take_snapshot  # noqa: E402
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+from benchlib import (  # noqa: E402  (benchmarks/, this script's directory, is sys.path[0])
+    PG_BIN, build_once, cpu_busy_seconds, log, machine_info, pgbench_init, postmaster_pid, proc_stat, run_bench,
+    start_cluster, tree_cpu_seconds,
+)
+
 EXPORTER_BIN = Path("/usr/bin/prometheus-postgres-exporter")
 EXPORTER_QUERIES = Path("/usr/share/doc/prometheus-postgres-exporter/examples/queries.yaml")
 EXPORTER_INSTALL = ("apt-get install -y prometheus-postgres-exporter  (Debian 12: postgres_exporter 0.11; "
@@ -99,10 +101,6 @@ GOAL_STORAGE_BYTES_PER_DAY = 20e6
 PGWATCH_EXHAUSTIVE_BYTES_PER_DAY = 10e9 / 30   # "10 GB ... for 1 month" (pgwatch docs, sizing recommendations)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
@@ -111,14 +109,6 @@ def p95(xs: list[float]) -> float:
     """Nearest-rank 95th percentile (with 10 runs: the slowest)."""
     s = sorted(xs)
     return s[max(0, -(-95 * len(s) // 100) - 1)]
-
-
-def cpu_busy_seconds() -> float:
-    """Machine-wide busy CPU seconds so far (all cores), from /proc/stat."""
-    with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class Busy:
@@ -151,37 +141,11 @@ def wait_for_quiet(timeout: float) -> float:
             waited = True
 
 
-def _proc_stat(pid: int) -> tuple[int, list[int]]:
-    """(ppid, [utime, stime, cutime, cstime] in clock ticks) from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), [int(x) for x in fields[11:15]]
-
-
 def _ppid(pid: int) -> int | None:
     try:
-        return _proc_stat(pid)[0]
+        return proc_stat(pid)[0]
     except (OSError, IndexError, ValueError):
         return None
-
-
-def tree_cpu_seconds(root: int | None) -> float:
-    """CPU used so far by process ``root`` (the postmaster), its reaped children and its live ones:
-    for the postmaster, every backend, finished or not."""
-    if root is None:
-        return 0.0
-    try:
-        ticks = sum(_proc_stat(root)[1])
-    except OSError:
-        return 0.0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                ppid, t = _proc_stat(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == root:
-                ticks += t[0] + t[1]
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:
@@ -212,9 +176,7 @@ class Bench:
         self.results: dict = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "quick": args.quick,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(),
-                        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+            "machine": machine_info(),
             "settings": {"runs": args.runs, "rounds": args.rounds, "round_seconds": args.round_seconds,
                          "snapshot_every_seconds": args.snapshot_every, "storage_snapshots": args.storage_snapshots},
         }
@@ -223,24 +185,9 @@ class Bench:
     # -- cluster ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        from dbops_pipelines.localdev.pgcluster import LocalCluster
-
-        marker = self.work / ".stats_bench"
-        if self.work.exists() and any(self.work.iterdir()) and not marker.exists():
-            raise SystemExit(f"{self.work} is not empty and not a stats_bench work directory: "
-                             "pass an empty or new --work (it is deleted at the end unless --keep)")
-        self.work.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        port_file = self.work / "pg_port"
-        port = int(port_file.read_text()) if port_file.exists() and (self.work / "pg" / "data" / "PG_VERSION").exists() else None
-        self.cluster = LocalCluster(self.work / "pg", port=port, fsync=True)
-        self.cluster.start()
-        port_file.write_text(str(self.cluster.port))
-        fsync = self.cluster.execute("SHOW fsync")[0][0]
-        if fsync != "on":
-            raise SystemExit(f"the benchmark cluster runs with fsync={fsync}; benchmarks need fsync=on")
+        self.cluster = start_cluster(self.work, "stats_bench")   # fsync=on, or it refuses
         version = self.cluster.execute("SHOW server_version")[0][0]
-        log(f"PostgreSQL {version} on port {self.cluster.port}, fsync={fsync}, work dir {self.work}")
+        log(f"PostgreSQL {version} on port {self.cluster.port}, fsync=on, work dir {self.work}")
         self.results["server_version"] = version
         if self.args.boost:
             self.boost()
@@ -261,8 +208,9 @@ class Bench:
         if os.geteuid() != 0:
             log("--boost needs root (a negative nice value): running at normal priority")
             return
-        pids = [self.postmaster_pid()] + [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()
-                                          and _ppid(int(e.name)) == self.postmaster_pid()]
+        postmaster = postmaster_pid(self.cluster)
+        pids = [postmaster] + [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()
+                               and _ppid(int(e.name)) == postmaster]
         for pid in [p for p in pids if p] + [0]:   # 0: this thread; threads started later inherit it
             try:
                 os.setpriority(os.PRIO_PROCESS, pid, BOOST_NICE)
@@ -271,16 +219,10 @@ class Bench:
         self.results["settings"]["nice"] = BOOST_NICE
         log(f"cluster and benchmark running at nice {BOOST_NICE} (--boost)")
 
-    def postmaster_pid(self) -> int | None:
-        try:
-            return int((self.cluster.data_dir / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
     def cpu_mark(self) -> dict:
         """CPU seconds so far: the whole machine, our cluster's processes, this process (every
         thread), and the children this process reaped (pgbench)."""
-        return {"machine": cpu_busy_seconds(), "postgres": tree_cpu_seconds(self.postmaster_pid()),
+        return {"machine": cpu_busy_seconds(), "postgres": tree_cpu_seconds(postmaster_pid(self.cluster)),
                 "ours": time.process_time(), "pgbench": children_cpu_seconds(), "wall": time.monotonic()}
 
     def wait_backends_gone(self, db: str) -> None:
@@ -293,27 +235,10 @@ class Bench:
 
     # -- databases, each built once -----------------------------------------------------------
 
-    def complete_databases(self) -> set[str]:
-        return {r[0] for r in self.cluster.execute(
-            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') = 'bench-complete'")}
-
     def build_once(self, db: str, what: str, build) -> str:
-        """``db`` as a previous --keep run left it, or built now: ``build(db)`` fills a fresh
-        database and returns a line for the log; then it is vacuumed, checkpointed, marked complete."""
-        if db in self.complete_databases():
-            log(f"reusing database {db}")
-            return db
-        log(f"building {db}: {what}...")
-        self.cluster.drop_database(db)   # a half-built leftover of an interrupted --keep run
-        self.cluster.create_database(db)
-        t0 = time.perf_counter()
-        note = build(db)
-        self.cluster.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname=db)
-        self.cluster.execute("VACUUM (ANALYZE)", dbname=db)
-        self.cluster.execute("CHECKPOINT")
-        self.cluster.execute(sql.SQL("COMMENT ON DATABASE {} IS 'bench-complete'").format(sql.Identifier(db)))
-        log(f"  built in {time.perf_counter() - t0:.0f} s{f' ({note})' if note else ''}")
-        return db
+        """benchlib.build_once with pg_stat_statements in every database (the snapshots read it);
+        the time logged is until the database is ready to measure."""
+        return build_once(self.cluster, db, what, build, extensions=("pg_stat_statements",), time_until_ready=True)
 
     def build_app(self) -> str:
         from dbops_pipelines.sample.appdb import build_sample_database
@@ -360,11 +285,7 @@ class Bench:
 
     def build_pgbench(self) -> str:
         def build(db: str) -> str:
-            res = subprocess.run([str(PG_BIN / "pgbench"), "-i", "-q", "-s", str(PGBENCH_SCALE), "-h", self.cluster.host,
-                                  "-p", str(self.cluster.port), "-U", "postgres", db],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if res.returncode != 0:
-                raise SystemExit(f"pgbench -i failed:\n{res.stdout}")
+            pgbench_init(self.cluster, db, PGBENCH_SCALE)
             return ""
         return self.build_once(f"pgbench_s{PGBENCH_SCALE}", f"pgbench -i -s {PGBENCH_SCALE}", build)
 
@@ -939,24 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         args.json = str(ROOT / "benchmarks" / "results" / f"stats-{datetime.now(timezone.utc):%Y-%m-%d}{'-quick' if q else ''}.json")
 
-    def on_sigterm(*_) -> None:   # clean up like Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    bench = Bench(args)
-    t0 = time.perf_counter()
-    try:
-        bench.start()
-        bench.run()
-    finally:
-        bench.stop()
-        if not args.keep and (bench.work / ".stats_bench").exists():
-            shutil.rmtree(bench.work, ignore_errors=True)
-    res = bench.results
-    res["total_seconds"] = time.perf_counter() - t0
-    res["goals"] = goals(res)
-    print(report(res))
-    print(f"\ntotal run time {res['total_seconds'] / 60:.1f} min")
+    res = run_bench(Bench(args), "stats_bench", args.keep, goals, report)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=2, default=str))
     print(f"results written to {args.json}")

@@ -27,6 +27,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from dbops_pipelines.backup.retention import RetentionPolicy
 from dbops_pipelines.config_legacy import DEFAULTS_MOVES, TARGET_MOVES, as_written, migrate, warn_moves
 from dbops_pipelines.config_sinks import AlertSettings, SinkSettings  # noqa: F401  (re-exported)
+from dbops_pipelines.cron import check_cron, check_timezone, period_minutes
 from dbops_pipelines.errors import ConfigError
 from dbops_pipelines.pgtools import InvalidDsn, dsn_fields
 from dbops_pipelines.redact import redact
@@ -64,6 +65,8 @@ def _check_dsn(v: str) -> str:
 
 
 Dsn = Annotated[str, AfterValidator(_check_dsn)]
+Cron = Annotated[str, AfterValidator(check_cron)]
+Timezone = Annotated[str, AfterValidator(check_timezone)]
 RoleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$.-]{0,62}$")]
 
 
@@ -113,8 +116,8 @@ class VerificationSettings(_Strict):
     # Restoring on the target's own server (no server_dsn) puts a whole restore's load on it; every
     # verification warns about it unless this says it is deliberate. Reports record it either way.
     same_server_on_purpose: bool | None = None              # default false
-    schedule: str | None = None         # default "0 4 * * 0" (Sunday 04:00)
-    timezone: str | None = None
+    schedule: Cron | None = None         # default "0 4 * * 0" (Sunday 04:00)
+    timezone: Timezone | None = None
     rto_objective_seconds: int | None = Field(None, ge=1)   # default 4 h
     checksum_max_bytes: int | None = Field(None, ge=0)      # tables up to this size get content checksums
     jobs: int | None = Field(None, ge=1)                    # parallel pg_restore jobs
@@ -134,8 +137,8 @@ class TargetBackupSettings(_Strict):
     kind: BackupKind = "full"
     tables: list[str] = []              # for kind=tables
     exclude_table_data: list[str] = []  # schema kept, rows left out (e.g. huge logs)
-    schedule: str | None = None
-    timezone: str | None = None
+    schedule: Cron | None = None
+    timezone: Timezone | None = None
     retention: RetentionSettings | None = None   # key by key over defaults.backup.retention
     rpo_hours: float | None = Field(None, gt=0)  # alert when the newest valid backup is older
 
@@ -143,8 +146,8 @@ class TargetBackupSettings(_Strict):
 class BackupDefaults(_Strict):
     """defaults.backup: applies to every target's backup unless the target overrides it."""
 
-    schedule: str = "0 2 * * *"
-    timezone: str = "UTC"
+    schedule: Cron = "0 2 * * *"
+    timezone: Timezone = "UTC"
     retention: RetentionSettings = RetentionSettings()
     rpo_hours: float = Field(24, gt=0)
     compression_level: int = Field(3, ge=1, le=19)   # zstd; see docs/benchmarks.md for the trade-off
@@ -172,8 +175,8 @@ class FeatureSettings(_Strict):
     """stats, gdpr, wal, audit: accepted and validated now, read by those features when they land."""
 
     enabled: bool = True
-    schedule: str | None = None
-    timezone: str | None = None
+    schedule: Cron | None = None
+    timezone: Timezone | None = None
 
 
 class StatsThresholds(_Strict):
@@ -213,7 +216,7 @@ STATS_THRESHOLD_DEFAULTS = StatsThresholds(
     cache_hit_low_ratio=0.98, cache_hit_min_blocks=10_000,
     dead_tuples_count=10_000, dead_tuples_ratio=0.10,
     seq_scan_heavy_min_scans=1_000, seq_scan_heavy_min_bytes=10 << 20, seq_scan_heavy_max_index_ratio=0.01,
-    unused_index_min_bytes=1 << 20, fk_without_index_min_bytes=0,
+    unused_index_min_bytes=1 << 20, fk_without_index_min_bytes=1 << 20,
     wraparound_warning_age=500_000_000, wraparound_critical_age=1_200_000_000,
     replication_lag_bytes=64 << 20, replication_lag_seconds=60, slot_retained_wal_bytes=1 << 30,
     pg_stat_statements_full_ratio=0.9,
@@ -224,12 +227,12 @@ class StatsSettings(_Strict):
     """targets.<name>.stats and defaults.stats; every key optional, a target's keys win."""
 
     enabled: bool | None = None                  # default true (the feature needs a `metrics:` section)
-    schedule: str | None = None                  # default "*/5 * * * *"
-    timezone: str | None = None
+    schedule: Cron | None = None                  # default "*/5 * * * *"
+    timezone: Timezone | None = None
     top_n: int | None = Field(None, ge=1, le=1000)                # statements per ranking, tables, indexes
-    statement_timeout_seconds: float | None = Field(None, gt=0)   # each snapshot query
-    lock_timeout_seconds: float | None = Field(None, gt=0)
-    report_schedule: str | None = None           # the daily report asset; default "15 6 * * *"
+    statement_timeout_seconds: float | None = Field(None, ge=0.01)   # each snapshot query
+    lock_timeout_seconds: float | None = Field(None, ge=0.01)
+    report_schedule: Cron | None = None           # the daily report asset; default "15 6 * * *"
     report_window_hours: float | None = Field(None, gt=0)         # default 24
     max_age_minutes: float | None = Field(None, gt=0)             # alert when no snapshot is younger; default 30
     thresholds: StatsThresholds | None = None
@@ -328,6 +331,17 @@ class FleetConfig(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _stats_thresholds_in_order(self) -> "FleetConfig":
+        for name in self.targets:
+            th = self.stats_for(name).thresholds
+            for what, warning, critical in (("slow_statement", th.slow_statement_warning_ms, th.slow_statement_critical_ms),
+                                            ("wraparound", th.wraparound_warning_age, th.wraparound_critical_age)):
+                if warning > critical:
+                    raise ValueError(f"targets.{name}.stats.thresholds: {what} warning ({warning:g}) is above its "
+                                     f"critical threshold ({critical:g}); the warning must come first")
+        return self
+
+    @model_validator(mode="after")
     def _clusters_declared(self) -> "FleetConfig":
         for name, t in self.targets.items():
             if t.cluster is not None and t.cluster not in self.clusters:
@@ -357,11 +371,16 @@ class FleetConfig(_Strict):
 
     def stats_for(self, name: str) -> StatsSettings:
         """Target keys over defaults.stats keys over the built-in defaults; thresholds likewise,
-        key by key (a target that sets one threshold keeps the others)."""
+        key by key (a target that sets one threshold keeps the others). Unless set, the stale
+        limit follows the schedule: three periods, at least 30 minutes (an hourly schedule must
+        not read as "stale" half of every hour)."""
         target = self.target(name).stats
         merged = _layered(STATS_DEFAULTS, self.defaults.stats, target)
         merged.thresholds = _layered(STATS_THRESHOLD_DEFAULTS, self.defaults.stats.thresholds,
                                      target.thresholds if target else None)
+        if not any("max_age_minutes" in (layer.model_fields_set if layer else ()) for layer in (self.defaults.stats, target)):
+            period = period_minutes(merged.schedule)
+            merged.max_age_minutes = max(STATS_DEFAULTS.max_age_minutes, 3 * period) if period else STATS_DEFAULTS.max_age_minutes
         return merged
 
     def rpo_hours_for(self, name: str) -> float:

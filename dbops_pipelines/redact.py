@@ -27,8 +27,12 @@ _QUERY_PARAM = re.compile(r"(?P<head>[?&](?P<key>[^=&#\s]+)=)(?P<pw>[^&#\s]*)")
 _PASSWORD_KV = re.compile(
     rf"(?<![?&\w%])(?P<head>{_KEY}\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|\Z)|(?:\\.|[^\s\\])+\\?)", re.I | re.S)
 # PASSWORD 'x' / E'x' / $$x$$ / $tag$x$tag$, in SQL; '' inside a literal is a quote, not its end.
+# Between the keyword and the literal: nothing, spaces, comments; the literal may be U&'...'.
 _PASSWORD_IN_SQL = re.compile(
-    r"(?P<head>\bpassword\s+)(?P<pw>[eE]?'(?:[^'\\]|''|\\.)*(?:'|\Z)|(?P<tag>\$\w*\$).*?(?:(?P=tag)|\Z))", re.I | re.S)
+    r"(?P<head>(?<!['\"])\bpassword(?:\s|/\*.*?\*/|--[^\n]*\n)*)"
+    r"(?P<pw>(?:[eE]|[uU]&)?'(?:[^'\\]|''|\\.)*(?:'|\Z)|(?P<tag>\$\w*\$).*?(?:(?P=tag)|\Z))", re.I | re.S)
+# In a statement's text, what follows the PASSWORD keyword may be any expression: cut it all.
+_PASSWORD_KEYWORD_ONWARD = re.compile(r"(?P<head>\bpassword\b).*", re.I | re.S)
 _PASSWORD_IN_MAPPING = re.compile(
     rf"""(?P<head>(?P<q>['"]){_KEY}(?P=q)\s*:\s*)(?P<pw>'(?:[^'\\]|\\.)*(?:'|\Z)|"(?:[^"\\]|\\.)*(?:"|\Z))""", re.I | re.S)
 
@@ -45,5 +49,13 @@ def redact(text: str) -> str:
     text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", text)
     text = _QUERY_PARAM.sub(_query_param, text)
     text = _PASSWORD_KV.sub(lambda m: f"{m['head']}***", text)
-    text = _PASSWORD_IN_SQL.sub(lambda m: f"{m['head']}'***'", text)
+    text = _PASSWORD_IN_SQL.sub(lambda m: f"{m['head'].rstrip()} '***'", text)
     return _PASSWORD_IN_MAPPING.sub(lambda m: f"{m['head']}{m['pw'][0]}***{m['pw'][0]}", text)
+
+
+def redact_sql(statement: str) -> str:
+    """A SQL statement's text as it may be kept or shown (pg_stat_statements, pg_stat_activity):
+    ``redact`` and, when the word PASSWORD appears at all, everything from it on, whatever
+    spelling the literal after it has (a comment, U&'', a function call, a new syntax). A query
+    that merely reads a column named password loses its tail; no password is ever kept."""
+    return _PASSWORD_KEYWORD_ONWARD.sub(lambda m: f"{m['head']} ***", redact(statement))

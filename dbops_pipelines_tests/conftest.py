@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from contextlib import contextmanager
 
 import pytest
 
@@ -41,12 +42,28 @@ def s3_bucket(seaweed) -> str:
     return name
 
 
+@contextmanager
+def scratch_database(cluster: LocalCluster, prefix: str = "test"):
+    """A new database on ``cluster`` named ``<prefix>_<random>``, dropped afterwards whatever happens."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    cluster.create_database(name)
+    try:
+        yield name
+    finally:
+        cluster.drop_database(name, force=True)
+
+
 @pytest.fixture
 def fresh_db(pg_cluster):
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    pg_cluster.create_database(name)
-    yield name
-    pg_cluster.drop_database(name, force=True)
+    with scratch_database(pg_cluster) as name:
+        yield name
+
+
+@pytest.fixture
+def metrics_dsn(pg_cluster):
+    """The DSN of an empty metrics database (stats history) of its own."""
+    with scratch_database(pg_cluster, "metrics") as name:
+        yield pg_cluster.dsn(name)
 
 
 # --- backup fixtures -------------------------------------------------------------------------

@@ -3,21 +3,10 @@ GraphQL calls themselves live in dbops_pipelines.localdev.dagster_graphql, which
 
 from __future__ import annotations
 
-import time
-
 from dbops_pipelines.localdev.dagster_graphql import (FINISHED, graphql, launch_job,  # noqa: F401  (re-exported)
                                                       location_name, run_status)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+from dbops_pipelines_tests.receivers import wait_for  # noqa: F401  (re-exported for the end-to-end tests)
 
 
 def wait_for_run(url: str, run_id: str, timeout: float = 180) -> str:
-    return wait_for(lambda: (s := run_status(url, run_id)) in FINISHED and s, timeout, f"run {run_id}")
+    return wait_for(lambda: (s := run_status(url, run_id)) in FINISHED and s, timeout, f"run {run_id}", interval=0.5)

@@ -46,15 +46,17 @@ def closed_port_url(path: str = "/hook") -> str:
     return f"http://127.0.0.1:{free_port()}{path}"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "the condition",
+             interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that, or fail after ``timeout``
+    naming ``what`` was awaited. The one polling helper of the tests."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
 
 

@@ -5,11 +5,9 @@ an unreachable target fails the run after the others are kept, and alerts for it
 from __future__ import annotations
 
 import time
-import uuid
 
 import dagster as dg
 import psycopg
-import pytest
 
 from dbops_pipelines.config import load_config
 from dbops_pipelines.defs import names
@@ -22,24 +20,17 @@ from dbops_pipelines.stats.service import open_store
 UNREACHABLE = "postgresql://dbops@127.0.0.1:1/down"
 
 
-@pytest.fixture
-def metrics_db(pg_cluster):
-    name = f"metrics_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_database(name)
-    yield pg_cluster.dsn(name)
-    pg_cluster.drop_database(name, force=True)
-
 
 def tick(defs, instance, path, cursor=None):
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
     return evaluate_alerts(ctx, load_config(path), alert_scope(defs), discover_features()).cursor
 
 
-def test_fleet_run_findings_alert_and_resolve(write_config, sample_app, metrics_db, http_receiver):
+def test_fleet_run_findings_alert_and_resolve(write_config, sample_app, metrics_dsn, http_receiver):
     path = write_config(
         {"app": {"dsn": sample_app["dsn"], "stats": {"thresholds": {"idle_in_transaction_seconds": 0.5}}},
          "down": UNREACHABLE},
-        metrics={"dsn": metrics_db},
+        metrics={"dsn": metrics_dsn},
         alerts={"sinks": [{"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
     defs = build_definitions(path)
     dg.Definitions.validate_loadable(defs)     # as the webserver loads it: names unique, jobs resolvable
@@ -107,8 +98,8 @@ def test_metrics_database_down_fails_the_run_and_keeps_the_numbers(write_config,
     assert "app/stats_stale" not in fired          # unknown is not "stale": never judged on a guess
 
 
-def test_daily_report_is_kept_beside_the_backups(write_config, sample_app, metrics_db, tmp_path):
-    path = write_config({"app": sample_app["dsn"]}, metrics={"dsn": metrics_db})
+def test_daily_report_is_kept_beside_the_backups(write_config, sample_app, metrics_dsn, tmp_path):
+    path = write_config({"app": sample_app["dsn"]}, metrics={"dsn": metrics_dsn})
     defs = build_definitions(path)
     report_key = names.asset_key("app", names.STATS_REPORT)
     with dg.instance_for_test() as instance:
@@ -121,7 +112,7 @@ def test_daily_report_is_kept_beside_the_backups(write_config, sample_app, metri
     assert "<svg" in stored[0].read_text()
 
 
-def test_a_section_not_collected_resolves_none_of_its_findings(write_config, metrics_db):
+def test_a_section_not_collected_resolves_none_of_its_findings(write_config, metrics_dsn):
     """Not seeing a finding because its section failed is not seeing it gone; a stale newest
     snapshot judges nothing either."""
     from datetime import datetime, timedelta, timezone
@@ -132,7 +123,7 @@ def test_a_section_not_collected_resolves_none_of_its_findings(write_config, met
     from dbops_pipelines.findings import Finding
     from dbops_pipelines.stats.model import Snapshot
 
-    path = write_config({"app": "postgresql://dbops@127.0.0.1:1/app"}, metrics={"dsn": metrics_db})
+    path = write_config({"app": "postgresql://dbops@127.0.0.1:1/app"}, metrics={"dsn": metrics_dsn})
     cfg = load_config(path)
     ctx, state, start = FleetContext(cfg), AlertState(), datetime.now(timezone.utc) - timedelta(minutes=20)
     dead = Finding("dead_tuples", "warning", "app", "public.t", "m", "r", section="tables")
@@ -156,3 +147,38 @@ def test_a_section_not_collected_resolves_none_of_its_findings(write_config, met
     sent = plan_notifications(fleet_conditions(ctx, ["app"], at), state, at, timedelta(hours=4))
     assert "app/stats/tables/dead_tuples/public.t" in state.open
     assert [(n.kind, n.alert.key) for n in sent] == [("firing", "app/stats_stale")]
+
+
+def test_stats_alerts_resolve_once_stats_no_longer_applies(write_config, sample_app, metrics_dsn):
+    from dbops_pipelines.alerts.dispatch import AlertState, OpenAlert
+    from dbops_pipelines.alerts.model import Alert
+    from dbops_pipelines.defs.alerts import obsolete_observations
+
+    keys = ["app/stats/tables/dead_tuples/public.t", "app/stats_stale", "app/store_unreadable/stats_stale",
+            "app/run_failed/stats", "app/backup_stale", "app/run_failed/backup"]
+    state = AlertState(open={k: OpenAlert(Alert(k, "app", "x", "warning", k, "m", "2026-12-01T00:00:00+00:00"),
+                                           "2026-12-01T00:00:00+00:00", "2026-12-01T00:00:00+00:00") for k in keys})
+
+    def obsolete(path):
+        defs = build_definitions(path)
+        return {o.key for o in obsolete_observations(state, load_config(path), alert_scope(defs), discover_features())}
+
+    assert obsolete(write_config({"app": sample_app["dsn"]}, metrics={"dsn": metrics_dsn})) == set()
+    turned_off = {"app/stats/tables/dead_tuples/public.t", "app/stats_stale", "app/store_unreadable/stats_stale",
+                  "app/run_failed/stats"}
+    assert obsolete(write_config({"app": {"dsn": sample_app["dsn"], "stats": {"enabled": False}}},
+                                 metrics={"dsn": metrics_dsn})) == turned_off
+    assert obsolete(write_config({"app": sample_app["dsn"]})) == turned_off      # no metrics: section any more
+
+
+def test_a_section_check_run_alone_evaluates_it(write_config, sample_app, metrics_dsn):
+    path = write_config({"app": sample_app["dsn"]}, metrics={"dsn": metrics_dsn})
+    defs = build_definitions(path)
+    check = dg.AssetCheckKey(names.asset_key("app", names.STATS), check_name("tables"))
+    job = defs.resolve_job_def("stats_snapshots").get_subset(asset_selection=set(), asset_check_selection={check})
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        [evaluation] = result.get_asset_check_evaluations()
+        assert evaluation.asset_check_key == check
+        assert instance.get_latest_materialization_event(check.asset_key) is None    # a check run materializes nothing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from dbops_pipelines.redact import redact
+from dbops_pipelines.redact import redact, redact_sql
 
 SECRET = "s3cr3t"
 
@@ -58,6 +58,10 @@ def test_what_follows_a_password_survives():
     f"CREATE ROLE x PASSWORD $$ {SECRET} $$",
     f"CREATE ROLE x PASSWORD $pw$ {SECRET} $pw$ LOGIN",
     f"ALTER ROLE x PASSWORD '{SECRET}",                      # cut at 300 characters: no closing quote
+    f"ALTER ROLE bob PASSWORD'{SECRET}'",
+    f"ALTER ROLE bob PASSWORD /* c */ '{SECRET}'",
+    f"ALTER ROLE bob PASSWORD U&'{SECRET}'",
+    f"CREATE USER MAPPING FOR x SERVER s OPTIONS (user 'u', password'{SECRET}')",
 ])
 def test_passwords_inside_messages_are_hidden(text):
     assert SECRET not in redact(text)
@@ -74,3 +78,18 @@ def test_passwords_inside_messages_are_hidden(text):
 ])
 def test_text_without_a_password_is_unchanged(text):
     assert redact(text) == text
+
+
+@pytest.mark.parametrize("statement", [
+    f"ALTER ROLE bob PASSWORD '{SECRET}'",
+    f"ALTER ROLE bob PASSWORD concat('{SECRET}', '')",         # any expression after the keyword
+    f"ALTER ROLE bob WITH LOGIN PASSWORD\n--note\n'{SECRET}'",
+    f"SELECT 1; ALTER ROLE bob ENCRYPTED PASSWORD $x${SECRET}$x$",
+])
+def test_statement_texts_lose_everything_after_password(statement):
+    kept = redact_sql(statement)
+    assert SECRET not in kept and kept.lower().split("password")[0] in statement.lower()
+
+
+def test_statement_texts_without_password_are_unchanged():
+    assert redact_sql("SELECT * FROM users WHERE id = $1") == "SELECT * FROM users WHERE id = $1"

@@ -17,20 +17,11 @@ from psycopg import sql
 from dbops_pipelines.config import STATS_THRESHOLD_DEFAULTS, parse_config
 from dbops_pipelines.stats.sections import activity, tables
 from dbops_pipelines.stats.snapshot import take_snapshot
+from dbops_pipelines_tests.receivers import wait_for
 
 HOSTILE_SCHEMA = 'Odd "Schema"'
 HOSTILE_TABLE = "Tab le ü"
 HOSTILE_COLUMN = 'Vendor "Id" ü'
-
-
-def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def snapshot(dsn: str, section, previous=None, top_n: int | None = None, **thresholds):
@@ -102,7 +93,7 @@ def test_lock_wait_names_the_blocker_and_clears(module_db, session):
     waiter = session("lock-waiter")
     waiter_pid = waiter.info.backend_pid
     done = in_thread(lambda: waiter.execute("UPDATE locked_rows SET v = 2 WHERE id = 1"))
-    wait_until(lambda: stat(module_db, "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+    wait_for(lambda: stat(module_db, "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
                             (waiter_pid,)), what="the second session to wait")
     time.sleep(0.8)
 
@@ -135,7 +126,7 @@ def test_long_running_query_is_found_and_its_sql_cancels_it(module_db, session):
             outcome.append(exc)
 
     done = in_thread(sleep)
-    wait_until(lambda: stat(module_db, "SELECT now() - query_start > interval '1.2 s' FROM pg_stat_activity "
+    wait_for(lambda: stat(module_db, "SELECT now() - query_start > interval '1.2 s' FROM pg_stat_activity "
                                        "WHERE pid = %s AND state = 'active'", (pid,)), what="the query to age")
     snap = snapshot(module_db, activity, long_running_query_seconds=1)
     [finding] = found(snap, "long_running_query", f"pid {pid}")
@@ -178,7 +169,7 @@ def test_connections_above_an_absolute_count_and_back(module_db, session):
 
     for conn in conns:
         conn.close()
-    wait_until(lambda: stat(module_db, "SELECT count(*) = 0 FROM pg_stat_activity "
+    wait_for(lambda: stat(module_db, "SELECT count(*) = 0 FROM pg_stat_activity "
                                        "WHERE application_name = 'conn-leaker'"), what="the sessions to end")
     assert found(snapshot(module_db, activity, connections_high_count=3), "connections_high") == []
 
@@ -190,7 +181,7 @@ def test_dead_tuples_after_a_mass_delete_and_gone_after_vacuum(module_db):
                 "CREATE TABLE churn (id int, pad text) WITH (autovacuum_enabled = false)",
                 "INSERT INTO churn SELECT g, repeat('x', 20) FROM generate_series(1, 20000) g",
                 "DELETE FROM churn WHERE id % 10 <> 0")
-    wait_until(lambda: stat(module_db, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'") >= 18000,
+    wait_for(lambda: stat(module_db, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'") >= 18000,
                what="the deletes in pg_stat_user_tables")
     snap = snapshot(module_db, tables, dead_tuples_count=1000)
     [finding] = found(snap, "dead_tuples", "public.churn")
@@ -199,7 +190,7 @@ def test_dead_tuples_after_a_mass_delete_and_gone_after_vacuum(module_db):
     assert snap.sample("top_tables_dead_tuples") >= 18000
 
     run(module_db, finding.sql)
-    wait_until(lambda: stat(module_db, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'") == 0,
+    wait_for(lambda: stat(module_db, "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'churn'") == 0,
                what="VACUUM to report")
     after = snapshot(module_db, tables, dead_tuples_count=1000)
     assert found(after, "dead_tuples", "public.churn") == []
@@ -240,7 +231,7 @@ def test_unused_index_found_then_gone_once_scanned(module_db):
     assert found(snapshot(module_db, tables, unused_index_min_bytes=1 << 30), "unused_index", "public.lonely_v") == []
 
     flush_stats(module_db, "SET enable_seqscan = off", "SELECT * FROM lonely WHERE v = 42")
-    wait_until(lambda: stat(module_db, "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'lonely_v'"),
+    wait_for(lambda: stat(module_db, "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'lonely_v'"),
                what="the index scan to be counted")
     assert found(snapshot(module_db, tables, unused_index_min_bytes=0), "unused_index", "public.lonely_v") == []
 
@@ -322,7 +313,7 @@ def test_table_rates_between_two_snapshots(module_db):
     first = snapshot(module_db, tables)
     flush_stats(module_db, "INSERT INTO busy SELECT g, g FROM generate_series(1001, 3000) g",
                 "UPDATE busy SET v = 0 WHERE id <= 100", "DELETE FROM busy WHERE id > 2990")
-    wait_until(lambda: stat(module_db, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'busy'") == 10,
+    wait_for(lambda: stat(module_db, "SELECT n_tup_del FROM pg_stat_user_tables WHERE relname = 'busy'") == 10,
                what="the writes in pg_stat_user_tables")
     second = snapshot(module_db, tables, previous=first)
     rates = second.rates["tables"]["tables"]["public.busy"]
@@ -492,3 +483,12 @@ def test_table_rates_across_resets_and_recreation():
     estimated = tables_data(top_by_size=[table_row("a", n_tup_ins=300, size_estimated=True)])
     assert tables.rates(prev, estimated, 10.0)["tables"]["public.a"]["growth_bytes_per_second"] is None
     assert tables.rates(None, cur, 10.0) == {}
+
+
+def test_an_unfinished_partitioned_index_is_not_given_sql_that_cannot_run(module_db):
+    with psycopg.connect(module_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE parted (id int, v int) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10)")
+        conn.execute("CREATE INDEX parted_v ON ONLY parted (v)")        # invalid until partitions attach
+    [finding] = found(snapshot(module_db, tables), "invalid_index", "public.parted_v")
+    assert finding.severity == "info" and finding.sql is None and "ATTACH PARTITION" in finding.recommendation

@@ -16,13 +16,6 @@ UNREACHABLE_METRICS = "postgresql://dbops@127.0.0.1:1/metrics"
 FINDING_KEYS = {"code", "severity", "object", "message", "recommendation"}
 
 
-@pytest.fixture
-def metrics_dsn(pg_cluster):
-    name = f"metrics_{uuid.uuid4().hex[:8]}"
-    pg_cluster.create_database(name)
-    yield pg_cluster.dsn(name)
-    pg_cluster.drop_database(name, force=True)
-
 
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
@@ -118,13 +111,16 @@ def test_a_pg_monitor_role_is_enough_for_every_section(pg_cluster, fresh_db, wri
 
 
 def test_a_role_without_pg_monitor_is_told_what_it_cannot_see(pg_cluster, fresh_db, write_config, capsys):
-    role = f"dbops_nomon_{uuid.uuid4().hex[:6]}"
+    role = f"NoMon_{uuid.uuid4().hex[:6]}"            # upper case: SQL must quote it
     pg_cluster.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
         write_config({"app": {"dsn": pg_cluster.dsn(fresh_db), "roles": {"monitor": role}}})
         code, out, err = run(capsys, "stats", "app", "--json", "--no-save")
         assert code == 0, err
         [limited] = [f for f in json.loads(out)["findings"] if f["code"] == "monitor_role_limited"]
-        assert limited["object"] == role and limited["sql"] == f"GRANT pg_monitor TO {role}"
+        assert limited["object"] == f'"{role}"' and limited["sql"] == f'GRANT pg_monitor TO "{role}"'
+        pg_cluster.execute(limited["sql"])                # the SQL it gives runs, and the finding goes
+        code, out, err = run(capsys, "stats", "app", "--json", "--no-save")
+        assert not [f for f in json.loads(out)["findings"] if f["code"] == "monitor_role_limited"]
     finally:
         pg_cluster.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -26,6 +25,7 @@ from dbops_pipelines.localdev.ports import free_port
 from dbops_pipelines.stats.exporter import LatestSnapshotsCollector, build_families, parse_listen, render, serve
 from dbops_pipelines.stats.history import MetricsStore
 from dbops_pipelines.stats.model import Sample, Snapshot
+from dbops_pipelines_tests.conftest import scratch_database
 
 HOSTILE_TABLE = 'public."We""ird ta\\ble"\nçà 表 {x="1"}'
 TAKEN = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=2)
@@ -53,10 +53,8 @@ def snapshot(target: str, taken_at: datetime, commits: float, table_labels: tupl
 
 @pytest.fixture(scope="module")
 def metrics_dsn(pg_cluster):
-    name = f"metrics_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    yield pg_cluster.dsn(name)
-    pg_cluster.drop_database(name, force=True)
+    with scratch_database(pg_cluster, "metrics") as name:
+        yield pg_cluster.dsn(name)
 
 
 @pytest.fixture(scope="module")

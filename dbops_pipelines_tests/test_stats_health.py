@@ -20,6 +20,7 @@ from dbops_pipelines.config import STATS_THRESHOLD_DEFAULTS, parse_config
 from dbops_pipelines.localdev.pgcluster import DEFAULT_PG_BIN, PG_OS_USER, LocalCluster
 from dbops_pipelines.stats.sections.health import SECTION, findings, rates, samples
 from dbops_pipelines.stats.snapshot import take_snapshot
+from dbops_pipelines_tests.receivers import wait_for
 
 STANDBY_APP = "dbops standby"            # a space: the finding's object must quote it
 STANDBY_OBJECT = 'standby "dbops standby"'
@@ -67,17 +68,6 @@ def _found(snap, code: str) -> dict:
     return {f.object: f for f in snap.findings if f.code == code}
 
 
-def _wait_for(condition, seconds: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-        time.sleep(step)
-
-
 def _one(cluster: LocalCluster, query: str, dbname: str = "postgres"):
     return cluster.execute(query, dbname=dbname)[0][0]
 
@@ -113,7 +103,7 @@ def standby(primary, tmp_path_factory):
         # Report replay progress every second, so the primary sees a caught-up standby promptly.
         _append_conf(cluster, "wal_receiver_status_interval = 1")
         cluster.start()
-        _wait_for(lambda: _one(primary, "SELECT count(*) FROM pg_stat_replication "
+        wait_for(lambda: _one(primary, "SELECT count(*) FROM pg_stat_replication "
                                         f"WHERE application_name = '{STANDBY_APP}' AND state = 'streaming'"),
                   30, "the standby to stream")
         yield cluster
@@ -138,12 +128,12 @@ def failing_archiver(tmp_path_factory):
 def test_paused_standby_lags_and_catches_up(primary, standby):
     primary.execute("CREATE TABLE lag_probe (id int, pad text)")
     primary.execute("INSERT INTO lag_probe VALUES (0, 'first commit for the standby to replay')")
-    _wait_for(lambda: _standby_has_replayed(primary, standby), 30, "the standby to replay the first commit")
+    wait_for(lambda: _standby_has_replayed(primary, standby), 30, "the standby to replay the first commit")
     standby.execute("SELECT pg_wal_replay_pause()")
     try:
         primary.execute("INSERT INTO lag_probe SELECT g, repeat('x', 200) FROM generate_series(1, 10000) g")
         written = _one(primary, "SELECT pg_current_wal_lsn()::text")
-        _wait_for(lambda: _one(standby, f"SELECT pg_last_wal_receive_lsn() >= '{written}'::pg_lsn"), 30,
+        wait_for(lambda: _one(standby, f"SELECT pg_last_wal_receive_lsn() >= '{written}'::pg_lsn"), 30,
                   "the standby to receive the new WAL")
 
         on_primary = _snapshot(primary.dsn(), replication_lag_bytes=1024, replication_lag_seconds=3600)
@@ -175,16 +165,16 @@ def test_paused_standby_lags_and_catches_up(primary, standby):
         snap = _snapshot(primary.dsn(), replication_lag_bytes=1024, replication_lag_seconds=3600)
         return snap if not _found(snap, "replication_lag") else None
 
-    after = _wait_for(caught_up, 30, "the replication_lag finding to clear", step=0.5)
+    after = wait_for(caught_up, 30, "the replication_lag finding to clear", interval=0.5)
     assert after.sample("replication_lag_bytes", application=STANDBY_APP) <= 1024
-    _wait_for(lambda: not _found(_snapshot(standby.dsn(), replication_lag_bytes=1024,
+    wait_for(lambda: not _found(_snapshot(standby.dsn(), replication_lag_bytes=1024,
                                            replication_lag_seconds=3600), "replication_lag"),
-              30, "the standby's own replay lag to clear", step=0.5)
+              30, "the standby's own replay lag to clear", interval=0.5)
 
 
 def test_pg_monitor_is_enough_on_primary_and_standby(primary, standby):
     primary.execute("CREATE ROLE dbops_health_monitor LOGIN IN ROLE pg_monitor")
-    _wait_for(lambda: _standby_has_replayed(primary, standby), 30, "the role to reach the standby")
+    wait_for(lambda: _standby_has_replayed(primary, standby), 30, "the role to reach the standby")
     on_primary = _snapshot(primary.dsn(user="dbops_health_monitor"))
     row = on_primary.sections["health"]["replication"]["standbys"][0]
     assert row["application_name"] == STANDBY_APP
@@ -247,7 +237,7 @@ def test_failing_archive_command_is_critical_until_fixed(failing_archiver):
     cluster = failing_archiver
     cluster.execute("CREATE TABLE archive_probe AS SELECT g FROM generate_series(1, 1000) g")
     cluster.execute("SELECT pg_switch_wal()")
-    _wait_for(lambda: _archiver_counts(cluster)[1] > 0, 20, "archive_command to fail")
+    wait_for(lambda: _archiver_counts(cluster)[1] > 0, 20, "archive_command to fail")
     # The archiver retries a file a few times a second apart, then waits: let the count settle, so
     # the next window holds no failure of the broken command.
     seen = [_archiver_counts(cluster)[1]]
@@ -257,7 +247,7 @@ def test_failing_archive_command_is_critical_until_fixed(failing_archiver):
         seen.append(_archiver_counts(cluster)[1])
         return seen[-1] == seen[-2]
 
-    _wait_for(settled, 15, "the failures to settle", step=0)
+    wait_for(settled, 15, "the failures to settle", interval=0)
 
     failing = _snapshot(cluster.dsn())
     arch = failing.sections["health"]["archiver"]
@@ -270,7 +260,7 @@ def test_failing_archive_command_is_critical_until_fixed(failing_archiver):
 
     cluster.execute("ALTER SYSTEM SET archive_command = '/bin/true'")
     cluster.execute("SELECT pg_reload_conf()")
-    _wait_for(lambda: _archiver_counts(cluster)[0] > 0, 20, "archiving to work again")
+    wait_for(lambda: _archiver_counts(cluster)[0] > 0, 20, "archiving to work again")
 
     fixed = _snapshot(cluster.dsn(), previous=failing)
     assert _found(fixed, "archiver_failing") == {}

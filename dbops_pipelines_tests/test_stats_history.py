@@ -4,7 +4,6 @@ round trips, duplicates, daily partitions, retention by DROP, and the database b
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,8 +12,9 @@ from dbops_pipelines.config import MetricsSettings
 from dbops_pipelines.errors import MetricsStoreError, StatsFailed
 from dbops_pipelines.findings import Finding
 from dbops_pipelines.localdev.ports import free_port
-from dbops_pipelines.stats.history import MetricsStore, _json_safe, _statement_rates, _top_statements, partition_name
+from dbops_pipelines.stats.history import MetricsStore, _json_safe, partition_name
 from dbops_pipelines.stats.model import Sample, Snapshot
+from dbops_pipelines_tests.conftest import scratch_database
 
 HOSTILE_TABLE = 'public."We""ird ta\\ble; DROP TABLE x;--"\nçà 表'
 HOSTILE_TARGET = "o'brien \"app\" ☃"
@@ -24,14 +24,16 @@ NOW = datetime.now(timezone.utc).replace(microsecond=0)
 def make_snapshot(target: str, taken_at: datetime, connections: float = 7, commits: float = 1000,
                   queries: dict[int, str] | None = None) -> Snapshot:
     queries = {101: "SELECT * FROM orders WHERE id = $1", 202: "UPDATE \"Weird\" SET x = $1"} if queries is None else queries
-    top = [{"queryid": qid, "query": text, "calls": 10 * i + 1, "total_ms": 12.5 * i, "mean_ms": 1.25, "max_ms": 9.5,
-            "rows": 3, "shared_blks_hit": 100, "shared_blks_read": 4, "temp_blks_read": 1, "temp_blks_written": 2}
-           for i, (qid, text) in enumerate(queries.items(), start=1)]
+    # the shape of stats/sections/statements.py
+    top = [{"queryid": qid, "userid": 10, "query": text, "calls": 10 * i + 1, "total_exec_ms": 12.5 * i,
+            "mean_exec_ms": 1.25, "max_exec_ms": 9.5, "rows": 3, "shared_blks_hit": 100, "shared_blks_read": 4,
+            "temp_blks": 3} for i, (qid, text) in enumerate(queries.items(), start=1)]
     top.append({"query": "an item without a queryid is skipped"})
     return Snapshot(
         target=target, taken_at=taken_at, server_version_num=150004, connect_seconds=0.01, duration_seconds=0.2,
         sections={"database": {"numbackends": int(connections), "ratio": float("nan")}, "statements": {"top": top}},
-        rates={"statements": {str(next(iter(queries), 0)): {"calls_per_second": 2.5, "mean_ms_window": 0.75}}},
+        rates={"statements": {"statements": {f"{next(iter(queries), 0)}/10": {
+            "queryid": next(iter(queries), 0), "userid": 10, "calls_per_second": 2.5, "mean_exec_ms": 0.75}}}},
         samples=[
             Sample("connections", connections, help="Sessions"),
             Sample("connections_by_state", connections - 2, (("state", "active"),), help="Sessions by state"),
@@ -51,10 +53,8 @@ def make_snapshot(target: str, taken_at: datetime, connections: float = 7, commi
 
 @pytest.fixture(scope="module")
 def metrics_db(pg_cluster):
-    name = f"metrics_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    yield name
-    pg_cluster.drop_database(name, force=True)
+    with scratch_database(pg_cluster, "metrics") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +107,10 @@ def test_a_snapshot_round_trips_with_samples_statements_and_findings(store, pg_c
     assert found[1] == second.findings[0] and found[1].sql == f"VACUUM (ANALYZE) {HOSTILE_TABLE}"
 
     rows = pg_cluster.execute(
-        "SELECT queryid, calls, total_ms, temp_blks, calls_per_second, mean_ms_window FROM dbops_metrics.statement "
-        "WHERE target = %s AND taken_at = %s ORDER BY queryid", dbname=metrics_db, params=(target, NOW))
-    assert rows == [(101, 11, 12.5, 3, 2.5, 0.75), (202, 21, 25.0, 3, None, None)]
+        "SELECT queryid, userid, calls, total_ms, mean_ms, temp_blks, calls_per_second, mean_ms_window "
+        "FROM dbops_metrics.statement WHERE target = %s AND taken_at = %s ORDER BY queryid",
+        dbname=metrics_db, params=(target, NOW))
+    assert rows == [(101, 10, 11, 12.5, 1.25, 3, 2.5, 0.75), (202, 10, 21, 25.0, 1.25, 3, None, None)]
     texts = pg_cluster.execute("SELECT queryid, query, last_seen FROM dbops_metrics.statement_text WHERE target = %s "
                                "ORDER BY queryid", dbname=metrics_db, params=(target,))
     assert [(q, t) for q, t, _ in texts] == [(101, "SELECT * FROM orders WHERE id = $1"), (202, 'UPDATE "Weird" SET x = $1')]
@@ -263,18 +264,31 @@ def test_naive_times_are_refused(store):
 
 # --- pure helpers ----------------------------------------------------------------------------
 
-def test_top_statements_accepts_a_list_or_rankings_and_skips_items_without_queryid():
-    item = {"queryid": 5, "calls": 1}
-    assert _top_statements({"top": [item, {"calls": 2}, "junk"]}) == [item]
-    assert _top_statements({"top": {"by_time": [item], "by_calls": [item, {"queryid": "6"}]}}) == [item, {"queryid": "6"}]
-    assert _top_statements({}) == [] and _top_statements(None) == []
+def test_real_snapshots_keep_their_statement_windows(store, pg_cluster, fresh_db, metrics_db):
+    """What the statements section really produces is what is stored: per statement and role,
+    the cumulative numbers and the window's calls/s and mean."""
+    from dbops_pipelines.config import parse_config
+    from dbops_pipelines.stats.snapshot import take_snapshot
 
-
-def test_statement_rates_are_found_keyed_or_listed():
-    assert _statement_rates({"7": {"calls_per_second": 1.0}}) == {7: {"calls_per_second": 1.0}}
-    assert _statement_rates({"top": [{"queryid": 8, "calls_per_second": 2.0}]}) == {8: {"queryid": 8, "calls_per_second": 2.0}}
-    assert _statement_rates({"by_queryid": {"9": {"mean_ms_window": 3.0}}}) == {9: {"mean_ms_window": 3.0}}
-    assert _statement_rates(None) == {}
+    pg_cluster.execute("CREATE EXTENSION pg_stat_statements", dbname=fresh_db)
+    cfg = parse_config({"targets": {"app": {"dsn": pg_cluster.dsn(fresh_db)}}})
+    probe = "SELECT count(*) FROM pg_class WHERE relpages > 4242"
+    pg_cluster.execute(probe, dbname=fresh_db)
+    first = take_snapshot(cfg, "app")
+    for _ in range(20):
+        pg_cluster.execute(probe, dbname=fresh_db)
+    second = take_snapshot(cfg, "app", previous=first)
+    target = f"real {fresh_db}"
+    for snap in (first, second):
+        snap.target = target
+        store.save(snap)
+    rows = pg_cluster.execute(
+        "SELECT s.userid, s.calls, s.total_ms, s.mean_ms, s.calls_per_second, s.mean_ms_window FROM dbops_metrics.statement s "
+        "JOIN dbops_metrics.statement_text t USING (target, queryid) WHERE s.target = %s AND s.taken_at = %s "
+        "AND t.query LIKE %s", dbname=metrics_db, params=(target, second.taken_at, "%relpages > $1%"))
+    [(userid, calls, total_ms, mean_ms, per_second, mean_window)] = rows
+    assert userid is not None and calls == 21 and total_ms > 0 and mean_ms > 0
+    assert per_second == pytest.approx(20 / second.interval_seconds) and mean_window > 0
 
 
 def test_json_safe_turns_what_jsonb_refuses_into_null_or_text():

@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 import yaml
@@ -24,13 +23,6 @@ PROMETHEUS = "/usr/bin/prometheus"
 DBOPS = os.path.join(os.path.dirname(sys.executable), "dbops")
 UP_TIMEOUT_SECONDS = 30
 
-
-@pytest.fixture
-def metrics_dsn(pg_cluster):
-    name = f"metrics_{uuid.uuid4().hex[:10]}"
-    pg_cluster.create_database(name)
-    yield pg_cluster.dsn(name)
-    pg_cluster.drop_database(name, force=True)
 
 
 @pytest.fixture

@@ -99,3 +99,42 @@ def test_ages_and_times_for_history_and_reports():
     with pytest.raises(UsageError) as err:
         parse_time("yesterday", "--from", NOW)
     assert "--from" in err.value.message
+
+
+def test_a_once_slow_statement_is_judged_on_the_window_and_does_not_flap():
+    from dbops_pipelines.stats.sections.statements import evidence
+
+    slow_history = {"queryid": 1, "userid": 10, "mean_exec_ms": 2000.0, "calls": 50}
+    quiet = {"seconds": 300.0, "statements": {"1/10": {"calls_in_window": 0, "mean_exec_ms": None}}}
+    fast = {"seconds": 300.0, "statements": {"1/10": {"calls_in_window": 1, "mean_exec_ms": 3.0}}}
+    assert evidence(slow_history, quiet, 1) is None                 # did not run: nothing to say now
+    assert evidence(slow_history, fast, 1)[0] == 3.0                # ran, fast: judged on that
+    assert evidence(slow_history, {}, 1)[0] == 2000.0               # no previous snapshot: its history
+    evicted = {"seconds": 300.0, "statements": {"1/10": {"calls_in_window": None, "mean_exec_ms": None}}}
+    assert evidence(slow_history, evicted, 1)[0] == 2000.0          # counters restarted: recent history
+
+
+@pytest.mark.parametrize("where, raw, problem", [
+    ("stats", {"targets": {"app": {"dsn": DSN, "stats": {"schedule": "*/5 * * *"}}}}, "targets.app.stats.schedule"),
+    ("stats", {"targets": {"app": {"dsn": DSN, "stats": {"schedule": "61 * * * *"}}}}, "outside 0-59"),
+    ("stats", {"targets": {"app": {"dsn": DSN, "stats": {"timezone": "Mars/Olympus"}}}}, "targets.app.stats.timezone"),
+    ("backup", {"targets": {"app": {"dsn": DSN, "backup": {"schedule": "every night"}}}}, "targets.app.backup.schedule"),
+    ("report", {"defaults": {"stats": {"report_schedule": "0 25 * * *"}}, "targets": {}}, "defaults.stats.report_schedule"),
+    ("order", {"targets": {"app": {"dsn": DSN, "stats": {"thresholds": {"slow_statement_warning_ms": 20000}}}}},
+     "slow_statement warning (20000) is above its critical threshold (10000)"),
+])
+def test_schedules_time_zones_and_threshold_order_are_checked_when_the_file_is_read(where, raw, problem):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert problem in err.value.message
+
+
+def test_the_stale_limit_follows_the_schedule_unless_set():
+    cfg = parse_config({"targets": {
+        "fast": {"dsn": DSN}, "hourly": {"dsn": DSN, "stats": {"schedule": "0 * * * *"}},
+        "set": {"dsn": DSN, "stats": {"schedule": "0 * * * *", "max_age_minutes": 45}},
+        "daily": {"dsn": DSN, "stats": {"schedule": "@daily"}}}})
+    assert cfg.stats_for("fast").max_age_minutes == 30 and cfg.stats_for("hourly").max_age_minutes == 180
+    assert cfg.stats_for("set").max_age_minutes == 45 and cfg.stats_for("daily").max_age_minutes == 3 * 1440
+    for good in ("*/5 * * * *", "0 2 * * 1-5", "15,45 */2 1 jan,jul mon", "@hourly"):
+        assert parse_config({"targets": {"a": {"dsn": DSN, "stats": {"schedule": good}}}})

@@ -249,21 +249,27 @@ def store_conditions(context, ctx: FleetContext | None, specs: Sequence[FeatureS
     return out
 
 
-def obsolete_observations(state: AlertState, cfg: FleetConfig, scope: AlertScope) -> list[Observation]:
+def obsolete_observations(state: AlertState, cfg: FleetConfig, scope: AlertScope,
+                          specs: Sequence[FeatureSpec] = ()) -> list[Observation]:
     """Open alerts nothing can ever clear any more: of a target removed from dbops.yaml, of a
-    feature or check that no longer exists, or in a key shape of an earlier release (run alerts
-    were keyed by job, the unreadable store by target alone). They are resolved once, so no
-    reminder repeats for ever and no incident stays open in PagerDuty."""
-    features = set(scope.feature_of.values())
+    feature, check or condition that no longer applies to the target (stats turned off, its
+    `metrics:` section removed), or in a key shape of an earlier release (run alerts were keyed by
+    job, the unreadable store by target alone). They are resolved once, so no reminder repeats for
+    ever and no incident stays open in PagerDuty."""
+    subjects = {(k.path[0], f) for k, f in scope.feature_of.items()}
     checks = {(k.asset_key.path[0], k.name) for k in scope.check_keys}
+    owner = {condition: spec for spec in specs for condition in spec.alert_conditions}
     out = []
     for key in sorted(state.open):
         target, _, rest = key.partition("/")
         condition, _, what = rest.partition("/")
+        judged = what if condition == "store_unreadable" else condition
+        spec = owner.get(judged)
         if (target not in cfg.targets
-                or (condition == "run_failed" and what not in features)
+                or (condition == "run_failed" and (target, what) not in subjects)
                 or (condition == "check_failed" and (target, what) not in checks)
-                or (condition == "store_unreadable" and not what)):
+                or (condition == "store_unreadable" and not what)
+                or (spec is not None and not spec.applies(cfg, target))):
             out.append(Observation(key, False))
     return out
 
@@ -278,7 +284,7 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, cfg: FleetConfig, scope
     observations = (run_observations(finished_runs(context.instance, cfg, state, now, scope), ui)
                     + check_observations(check_evaluations(context.instance, cfg, state, scope), ui)
                     + store_conditions(context, ctx, specs, now)
-                    + obsolete_observations(state, cfg, scope))
+                    + obsolete_observations(state, cfg, scope, specs))
     notifications = plan_notifications(observations, state, now, timedelta(minutes=cfg.alerts.reminder_minutes))
     retries = state.take_pending()
     # Within Dagster's 60 s sensor timeout, whatever the sinks do; what is late is retried next tick.

@@ -206,4 +206,4 @@ def conditions(ctx: FleetContext, target: str, now: datetime):
     return staleness_observations(rule, lambda: last_backup_at(ctx, target, kinds, now), now)
 
 
-SPEC = FeatureSpec(name=BACKUP, build=build, conditions=conditions)
+SPEC = FeatureSpec(name=BACKUP, build=build, conditions=conditions, alert_conditions=("backup_stale",))

@@ -41,6 +41,9 @@ class FeatureSpec:
     # fleet, not one per target): definitions and conditions over every target it applies to.
     build_fleet: Callable[[FleetConfig, list[str], str], dg.Definitions] | None = None
     fleet_conditions: Callable[[FleetContext, list[str], datetime], list[Observation]] | None = None
+    # The alert conditions its conditions raise (the part of an alert key after the target): when
+    # the feature stops applying to a target, its open alerts of these are resolved, not reminded forever.
+    alert_conditions: tuple[str, ...] = ()
 
     def targets(self, cfg: FleetConfig) -> list[str]:
         return [t for t in sorted(cfg.targets) if self.applies(cfg, t)]

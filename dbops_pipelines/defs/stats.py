@@ -162,7 +162,9 @@ def build_group(cfg: FleetConfig, name: str, cron: str, tz: str, targets: list[s
     @dg.multi_asset(name=f"take_{name}", specs=specs, check_specs=check_specs, can_subset=True)
     def stats_snapshots(context: dg.AssetExecutionContext, dbops: DbopsFleet):
         cfg_now = dbops.config()
-        chosen = sorted({k.path[0] for k in context.selected_asset_keys})
+        # A check run alone (Execute on a check) snapshots its target too, but materializes nothing.
+        chosen = sorted({k.path[0] for k in context.selected_asset_keys}
+                        | {k.asset_key.path[0] for k in context.selected_asset_check_keys})
         with core_call(context):
             outcomes = snapshot_targets(cfg_now, chosen, save=True, log=lambda line: (
                 context.log.error if line.startswith("ERROR") else context.log.info)(line))
@@ -171,8 +173,9 @@ def build_group(cfg: FleetConfig, name: str, cron: str, tz: str, targets: list[s
             snap = outcome.snapshot
             if snap is not None:
                 context.log.info(snapshot_summary(snap) + ("" if outcome.saved else " (NOT kept in history)"))
-                yield dg.MaterializeResult(asset_key=names.asset_key(snap.target, STATS),
-                                           metadata=snapshot_metadata(snap, outcome.saved))
+                key = names.asset_key(snap.target, STATS)
+                if key in context.selected_asset_keys:
+                    yield dg.MaterializeResult(asset_key=key, metadata=snapshot_metadata(snap, outcome.saved))
                 selected_checks = context.selected_asset_check_keys
                 for result in check_results(snap):
                     if dg.AssetCheckKey(result.asset_key, result.check_name) in selected_checks:
@@ -275,7 +278,9 @@ def fleet_conditions(ctx: FleetContext, targets: list[str], now: datetime) -> li
     findings are left as they were."""
     cfg = ctx.config
     try:
-        with open_store(cfg, for_writing=False) as store:
+        # One attempt: the sensor's tick must stay well within Dagster's 60 s, whatever the
+        # metrics database does; the next tick tries again.
+        with open_store(cfg, for_writing=False, retries=0) as store:
             latest = store.latest_findings(targets)
         problem = None
     except DbopsError as exc:
@@ -301,4 +306,5 @@ def fleet_conditions(ctx: FleetContext, targets: list[str], now: datetime) -> li
     return out
 
 
-SPEC = FeatureSpec(name=STATS, build=None, applies=applies, build_fleet=build_fleet, fleet_conditions=fleet_conditions)
+SPEC = FeatureSpec(name=STATS, build=None, applies=applies, build_fleet=build_fleet, fleet_conditions=fleet_conditions,
+                   alert_conditions=(STATS, "stats_stale"))

@@ -120,4 +120,5 @@ def conditions(ctx: FleetContext, target: str, now: datetime):
     return staleness_observations(rule, lambda: last_verified_at(ctx, target), now)
 
 
-SPEC = FeatureSpec(name=RESTORE_VERIFICATION, build=build, conditions=conditions)
+SPEC = FeatureSpec(name=RESTORE_VERIFICATION, build=build, conditions=conditions,
+                   alert_conditions=("verification_stale",))

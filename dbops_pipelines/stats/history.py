@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS {s}.sample (
 CREATE INDEX IF NOT EXISTS sample_target_metric_taken_at_idx ON {s}.sample (target, metric, taken_at);
 CREATE TABLE IF NOT EXISTS {s}.statement (
     target text NOT NULL, taken_at timestamptz NOT NULL, queryid bigint NOT NULL,
-    calls bigint, total_ms float8, mean_ms float8, max_ms float8, rows bigint,
+    userid bigint, calls bigint, total_ms float8, mean_ms float8, max_ms float8, rows bigint,
     shared_blks_hit bigint, shared_blks_read bigint, temp_blks bigint,
     calls_per_second float8, mean_ms_window float8
 ) PARTITION BY RANGE (taken_at);
@@ -98,6 +98,9 @@ CREATE INDEX IF NOT EXISTS finding_target_taken_at_idx ON {s}.finding (target, t
 
 _STATEMENT_COLUMNS = ("calls", "total_ms", "mean_ms", "max_ms", "rows", "shared_blks_hit",
                       "shared_blks_read", "temp_blks")
+# Where each column's value is in a statement of the statements section (stats/sections/statements.py).
+_STATEMENT_FIELDS = {"total_ms": ("total_exec_ms", "total_ms"), "mean_ms": ("mean_exec_ms", "mean_ms"),
+                     "max_ms": ("max_exec_ms", "max_ms")}
 
 
 def _utc(moment: datetime, what: str) -> datetime:
@@ -154,39 +157,25 @@ def _number(value: Any, kind: type) -> int | float | None:
     return number if kind is int or math.isfinite(number) else None
 
 
-def _statement_rates(rates: Any) -> dict[int, dict]:
-    """Per-queryid window values from ``snap.rates["statements"]``, whatever shape the section
-    chose: a dict keyed by queryid, or lists of dicts carrying ``queryid`` (under any key)."""
-    found: dict[int, dict] = {}
-    if not isinstance(rates, dict):
-        return found
-    for key, value in rates.items():
-        if isinstance(value, dict) and _number(key, int) is not None:
-            found.setdefault(int(key), value)
-        elif isinstance(value, dict):
-            found.update({k: v for k, v in _statement_rates(value).items() if k not in found})
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict) and _number(item.get("queryid"), int) is not None:
-                    found.setdefault(int(item["queryid"]), item)
-    return found
+def _statement_rates(rates: Any) -> dict[str, dict]:
+    """The window of each statement, keyed ``queryid/userid`` as the statements section keys
+    them (``rates["statements"]["statements"]``, see stats/sections/statements.py)."""
+    found = rates.get("statements") if isinstance(rates, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def _top_statements(statements: Any) -> list[dict]:
-    """``sections["statements"]["top"]``: a list of statement dicts, or rankings of such lists;
-    items without a queryid are skipped, an item listed in two rankings is kept once."""
+    """``sections["statements"]["top"]``: the statement dicts that carry a queryid."""
     top = statements.get("top", []) if isinstance(statements, dict) else []
-    lists = top.values() if isinstance(top, dict) else [top]
-    seen, items = set(), []
-    for ranking in lists:
-        for item in ranking if isinstance(ranking, list) else []:
-            if not isinstance(item, dict) or _number(item.get("queryid"), int) is None:
-                continue
-            key = (int(item["queryid"]), item.get("userid"), item.get("dbid"))
-            if key not in seen:
-                seen.add(key)
-                items.append(item)
-    return items
+    return [item for item in top if isinstance(item, dict) and _number(item.get("queryid"), int) is not None] \
+        if isinstance(top, list) else []
+
+
+def _statement_value(item: dict, column: str):
+    for key in _STATEMENT_FIELDS.get(column, (column,)):
+        if item.get(key) is not None:
+            return _number(item[key], float if column.endswith("_ms") else int)
+    return None
 
 
 class MetricsStore:
@@ -251,22 +240,34 @@ class MetricsStore:
                           (f"dbops_metrics schema {self.settings.schema_name}",))
         self.conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
 
+    def _existing(self, names: list[str]) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s)", (self.settings.schema_name, names)).fetchall()
+        return {r[0] for r in rows}
+
     def _create_partitions(self, days: list[date]) -> None:
-        """Inside a transaction holding the lock: the tables, then the partitions of ``days``."""
-        self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(self.schema))
-        self.conn.execute(sql.SQL(_TABLES_DDL).format(s=self.schema))
-        for day in days:
-            for table in PARTITIONED_TABLES:
+        """Inside a transaction holding the lock: what is missing of the tables and of the
+        partitions of ``days``. DDL only for what is missing: CREATE SCHEMA IF NOT EXISTS needs the
+        database's CREATE right even when the schema exists, and CREATE INDEX IF NOT EXISTS locks
+        every partition, so running them every tick would need more rights and queue behind readers."""
+        if len(self._existing([*PARTITIONED_TABLES, "statement_text"])) < len(PARTITIONED_TABLES) + 1:
+            (has_schema,) = self.conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+                                              (self.settings.schema_name,)).fetchone()
+            if not has_schema:
+                self.conn.execute(sql.SQL("CREATE SCHEMA {}").format(self.schema))
+            self.conn.execute(sql.SQL(_TABLES_DDL).format(s=self.schema))
+        wanted = {partition_name(t, day): (t, day) for day in days for t in PARTITIONED_TABLES}
+        present = self._existing(list(wanted))
+        for name, (table, day) in wanted.items():
+            if name not in present:
                 self.conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                    self._t(partition_name(table, day)), self._t(table),
+                    self._t(name), self._t(table),
                     sql.Literal(_day_start(day)), sql.Literal(_day_start(day + timedelta(days=1)))))
 
     def _missing_partitions(self, day: date) -> bool:
         names = [partition_name(t, day) for t in PARTITIONED_TABLES]
-        (found,) = self.conn.execute(
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = ANY(%s)", (self.settings.schema_name, names)).fetchone()
-        return found < len(names)
+        return len(self._existing(names)) < len(names)
 
     # -- schema and retention -------------------------------------------------------------
 
@@ -274,10 +275,15 @@ class MetricsStore:
         """Create the schema, tables and the partitions of today and the next days (idempotent)."""
         today = _utc(now, "now").date()
 
+        days = [today + timedelta(days=n) for n in range(DAYS_AHEAD + 1)]
+        wanted = [*PARTITIONED_TABLES, "statement_text", *(partition_name(t, d) for d in days for t in PARTITIONED_TABLES)]
+
         def create():
+            if len(self._existing(wanted)) == len(wanted):
+                return                 # the usual tick: everything is there, no lock, no DDL
             with self.conn.transaction():
                 self._lock()
-                self._create_partitions([today + timedelta(days=n) for n in range(DAYS_AHEAD + 1)])
+                self._create_partitions(days)
         self._run(create, "create the stats history tables")
 
     def apply_retention(self, now: datetime) -> list[str]:
@@ -289,15 +295,20 @@ class MetricsStore:
 
         def prune() -> list[str]:
             dropped: list[str] = []
+            expired = self._expired_partitions(cutoff)
+            if not expired:
+                return dropped     # the usual tick: nothing to drop, no lock taken
             with self.conn.transaction():
                 self._lock()
-                self._create_partitions([now.date() + timedelta(days=n) for n in range(DAYS_AHEAD + 1)])
                 for name in self._expired_partitions(cutoff):
                     self.conn.execute(sql.SQL("DROP TABLE {}").format(self._t(name)))
                     dropped.append(f"{self.settings.schema_name}.{name}")
+                # Texts still referenced by a kept partition stay: the oldest kept day starts at
+                # the cutoff's day (a partition is dropped only once its whole day is past it).
                 self.conn.execute(sql.SQL("DELETE FROM {} WHERE last_seen < %s").format(self._t("statement_text")),
-                                  (cutoff,))
+                                  (_day_start(cutoff.date()),))
             return dropped
+        self.ensure_schema(now)    # the partitions ahead, whatever the retention finds
         dropped = self._run(prune, "apply the retention of the stats history")
         if dropped:
             log.info("stats history retention dropped %d partitions: %s", len(dropped), ", ".join(dropped))
@@ -386,21 +397,18 @@ class MetricsStore:
                       _text(f.recommendation) or "", _text(f.sql), _text(f.section) or "") for f in snap.findings])
 
     def _write_statements(self, cur: psycopg.Cursor, snap: Snapshot, target: str, taken_at: datetime) -> None:
-        top = _top_statements(snap.sections.get("statements", {}))
         window = _statement_rates(snap.rates.get("statements", {}))
         rows, texts = [], {}
-        for item in top:
-            queryid = int(item["queryid"])
-            rates = window.get(queryid, {})
-            values = [_number(item.get(c), float if c.endswith("_ms") else int) for c in _STATEMENT_COLUMNS]
-            if values[-1] is None and ("temp_blks_read" in item or "temp_blks_written" in item):
-                values[-1] = (_number(item.get("temp_blks_read"), int) or 0) + (_number(item.get("temp_blks_written"), int) or 0)
-            rows.append((target, taken_at, queryid, *values, _number(rates.get("calls_per_second"), float),
-                         _number(rates.get("mean_ms_window", rates.get("mean_ms")), float)))
+        for item in _top_statements(snap.sections.get("statements", {})):
+            queryid, userid = int(item["queryid"]), _number(item.get("userid"), int)
+            rates = window.get(f"{queryid}/{userid}", {})
+            values = [_statement_value(item, c) for c in _STATEMENT_COLUMNS]
+            rows.append((target, taken_at, queryid, userid, *values, _number(rates.get("calls_per_second"), float),
+                         _number(rates.get("mean_exec_ms"), float)))
             if item.get("query") is not None:
                 texts.setdefault(queryid, _text(item["query"]))
-        cur.executemany(sql.SQL("INSERT INTO {} (target, taken_at, queryid, {}, calls_per_second, mean_ms_window) "
-                                "VALUES (%s, %s, %s, {}, %s, %s)").format(
+        cur.executemany(sql.SQL("INSERT INTO {} (target, taken_at, queryid, userid, {}, calls_per_second, mean_ms_window) "
+                                "VALUES (%s, %s, %s, %s, {}, %s, %s)").format(
             self._t("statement"), sql.SQL(", ").join(map(sql.Identifier, _STATEMENT_COLUMNS)),
             sql.SQL(", ").join(sql.Placeholder() * len(_STATEMENT_COLUMNS))), rows)
         # sorted: two savers upserting the same texts take the row locks in the same order

@@ -443,13 +443,22 @@ def _statements(first: Snapshot, last: Snapshot) -> str:
     return "\n".join(out + ["</section>"])
 
 
-def _database(first: Snapshot, last: Snapshot) -> str:
-    out = ['<section id="database"><h2>Database</h2>']
-    before, after = _section(first, "database"), _section(last, "database")
+def _open_section(first: Snapshot, last: Snapshot, name: str, title: str) -> tuple[list[str], dict | None, dict | None]:
+    """The start of a report section comparing ``name`` in both snapshots: its HTML so far and
+    the two dicts. Without the last one the section is complete (it says why): ``after`` is None."""
+    out = [f'<section id="{name}"><h2>{title}</h2>']
+    before, after = _section(first, name), _section(last, name)
     if after is None:
-        return "\n".join(out + [_not_collected(last, "database", "last"), "</section>"])
+        return out + [_not_collected(last, name, "last"), "</section>"], before, None
     if before is None:
-        out.append(_not_collected(first, "database", "first"))
+        out.append(_not_collected(first, name, "first"))
+    return out, before, after
+
+
+def _database(first: Snapshot, last: Snapshot) -> str:
+    out, before, after = _open_section(first, last, "database", "Database")
+    if after is None:
+        return "\n".join(out)
     w = database_window(before, after)
     label = "Since the reset" if w["since_reset"] else "In the window"
     rows = [
@@ -470,12 +479,9 @@ def _database(first: Snapshot, last: Snapshot) -> str:
 
 
 def _tables_section(first: Snapshot, last: Snapshot, database_reset: bool) -> str:
-    out = ['<section id="tables"><h2>Tables and indexes</h2>']
-    before, after = _section(first, "tables"), _section(last, "tables")
+    out, before, after = _open_section(first, last, "tables", "Tables and indexes")
     if after is None:
-        return "\n".join(out + [_not_collected(last, "tables", "last"), "</section>"])
-    if before is None:
-        out.append(_not_collected(first, "tables", "first"))
+        return "\n".join(out)
     counts = [("tables", "tables"), ("indexes", "indexes")]
     rows = []
     for key, title in counts + list(INDEX_COUNTS):

@@ -41,12 +41,12 @@ def require_metrics(cfg: FleetConfig) -> None:
                           "or run `dbops stats TARGET --no-save` for a one-off snapshot")
 
 
-def open_store(cfg: FleetConfig, for_writing: bool = True) -> MetricsStore:
+def open_store(cfg: FleetConfig, for_writing: bool = True, retries: int | None = None) -> MetricsStore:
     """The metrics database; for writing, its schema and the partitions ahead are made sure of
     first. Readers (the alert sensor, history, reports) create nothing: they need no DDL right,
     and a schema not made yet reads as empty."""
     require_metrics(cfg)
-    store = MetricsStore.open(cfg.metrics, retries=cfg.defaults.connect_retries)
+    store = MetricsStore.open(cfg.metrics, retries=cfg.defaults.connect_retries if retries is None else retries)
     if for_writing:
         try:
             store.ensure_schema(datetime.now(timezone.utc))

@@ -23,7 +23,6 @@ from dbops_pipelines.findings import Finding
 from dbops_pipelines.pgtools import connect
 from dbops_pipelines.redact import redact
 from dbops_pipelines.stats.model import CollectEnv, Sample, Section, Snapshot
-from dbops_pipelines.stats.sections import quoted_name
 
 APPLICATION_NAME = "dbops_stats"   # so snapshots are recognisable (and excluded from their own counts)
 SECTION_MODULES = ("database", "statements", "activity", "tables", "health")
@@ -34,8 +33,9 @@ def all_sections() -> list[Section]:
 
 
 def _timeouts(settings: StatsSettings) -> str:
-    return (f"-c statement_timeout={int(settings.statement_timeout_seconds * 1000)} "
-            f"-c lock_timeout={int(settings.lock_timeout_seconds * 1000)} "
+    # In whole milliseconds and never 0: 0 would turn the timeout off.
+    return (f"-c statement_timeout={max(1, round(settings.statement_timeout_seconds * 1000))} "
+            f"-c lock_timeout={max(1, round(settings.lock_timeout_seconds * 1000))} "
             "-c default_transaction_read_only=on -c idle_in_transaction_session_timeout=60000")
 
 
@@ -52,7 +52,7 @@ def take_snapshot(cfg: FleetConfig, target: str, previous: Snapshot | None = Non
     try:
         with conn:
             taken_at, version, role, sees_all = conn.execute(
-                "SELECT now(), current_setting('server_version_num')::int, current_user::text, "
+                "SELECT now(), current_setting('server_version_num')::int, quote_ident(current_user), "
                 "r.rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
                 "FROM pg_roles r WHERE r.rolname = current_user").fetchone()
             env = CollectEnv(server_version_num=version, top_n=settings.top_n, connect_seconds=connect_seconds,
@@ -76,11 +76,11 @@ def take_snapshot(cfg: FleetConfig, target: str, previous: Snapshot | None = Non
         # Without pg_read_all_stats every section still answers, but only about this role's own
         # sessions and statements: numbers that look complete and are not.
         snap.findings.append(Finding(
-            "monitor_role_limited", "warning", target, quoted_name(role),
-            f"the monitor role {quoted_name(role)} is not a member of pg_monitor (nor pg_read_all_stats): it sees only "
+            "monitor_role_limited", "warning", target, role,
+            f"the monitor role {role} is not a member of pg_monitor (nor pg_read_all_stats): it sees only "
             "its own sessions and statements, so connections, locks and top statements are incomplete",
             "Grant it pg_monitor (docs/findings.md#grants-a-pg_monitor-role), or set roles.monitor to a role that has it.",
-            sql=f"GRANT pg_monitor TO {quoted_name(role)}", section="database"))
+            sql=f"GRANT pg_monitor TO {role}", section="database"))
     return snap
 
 

@@ -4,7 +4,7 @@ name its plotted/exported samples, and judge it against the thresholds."""
 
 import re
 
-from dbops_pipelines.redact import redact
+from dbops_pipelines.redact import redact_sql
 
 QUERY_CHARS = 300   # query texts kept per statement or session: enough to recognise it, bounded storage
 
@@ -13,7 +13,7 @@ def query_excerpt(query: str | None, chars: int = QUERY_CHARS) -> str:
     """A query text as snapshots keep it: passwords redacted *before* cutting (a running or
     recorded ``ALTER ROLE ... PASSWORD '...'`` must never reach history, alerts or metrics),
     whitespace collapsed, at most ``chars`` characters."""
-    text = " ".join(redact(query or "").split())
+    text = " ".join(redact_sql(query or "").split())
     return text if len(text) <= chars else text[:chars - 1] + "…"
 
 

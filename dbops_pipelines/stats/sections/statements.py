@@ -214,11 +214,16 @@ def statement_window(prev: dict, cur: dict, seconds: float, reset: bool) -> dict
 
 
 def evidence(st: dict, rates: dict, min_calls: int) -> tuple[float, int, str] | None:
-    """(mean ms, calls, where from) to judge a statement on: the window since the previous snapshot
-    when it ran at least ``min_calls`` times in it, else its whole recorded history."""
+    """(mean ms, calls, where from) to judge a statement on, or None. With a window since the
+    previous snapshot, the window alone: a statement that ran fewer than ``min_calls`` times in it
+    is not judged now (judging it on its whole history instead would make a once-slow statement
+    fire and resolve on alternate snapshots as it runs or not). Without a window (the first
+    snapshot, a reset, the statement new or evicted), its recorded history."""
     window = (rates.get("statements") or {}).get(statement_key(st["queryid"], st["userid"])) if rates else None
-    if window and window["mean_exec_ms"] is not None and window["calls_in_window"] >= min_calls:
-        return window["mean_exec_ms"], window["calls_in_window"], f"in the last {rates['seconds']:.0f} s"
+    if window and window.get("calls_in_window") is not None:
+        if window["mean_exec_ms"] is not None and window["calls_in_window"] >= min_calls:
+            return window["mean_exec_ms"], window["calls_in_window"], f"in the last {rates['seconds']:.0f} s"
+        return None
     if st["mean_exec_ms"] is not None and st["calls"] >= min_calls:
         return st["mean_exec_ms"], st["calls"], "since pg_stat_statements began recording it"
     return None

@@ -19,7 +19,7 @@ Shape of the dict::
       "unused_indexes": [{"index", "table", "bytes", "idx_scan", "table_writes", "definition"}],
       "duplicate_indexes": [{"index", "kept_index", "table", "kind": "exact"|"prefix", "bytes",
                              "backs_constraint", "definition", "kept_definition"}],
-      "invalid_indexes": [{"index", "table", "bytes", "definition"}],
+      "invalid_indexes": [{"index", "table", "bytes", "definition", "partitioned"}],
       "fk_without_index": [{"constraint", "table", "columns": [quoted column, ...], "referenced_table",
                             "seq_scan", "table_bytes", "partitioned"}],
       "counts": {"unused_indexes", "duplicate_indexes", "invalid_indexes", "fk_without_index"},  # uncapped
@@ -202,7 +202,7 @@ def _unused_indexes(conn: psycopg.Connection, n: int, min_bytes: int) -> tuple[l
                              ELSE pg_relation_size(top.indexrelid) END,
                         top.relpages::bigint * {BLOCK_SIZE}) AS bytes,
                top.idx_scan, coalesce(t.n_tup_ins + t.n_tup_upd + t.n_tup_del, 0) AS table_writes,
-               pg_get_indexdef(top.indexrelid) AS definition, top.total
+               pg_get_indexdef(top.indexrelid) AS definition, ic.relkind = 'I' AS partitioned, top.total
           FROM top
           JOIN pg_class ic ON ic.oid = top.indexrelid
           JOIN pg_class c ON c.oid = top.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -309,7 +309,7 @@ def _invalid_indexes(conn: psycopg.Connection, env: CollectEnv) -> tuple[list[di
                coalesce(CASE WHEN top.indexrelid IN (SELECT relation FROM locked) THEN NULL
                              ELSE pg_relation_size(top.indexrelid) END,
                         top.relpages::bigint * {BLOCK_SIZE}) AS bytes,
-               pg_get_indexdef(top.indexrelid) AS definition, top.total
+               pg_get_indexdef(top.indexrelid) AS definition, ic.relkind = 'I' AS partitioned, top.total
           FROM top
           JOIN pg_class ic ON ic.oid = top.indexrelid
           JOIN pg_class c ON c.oid = top.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -493,6 +493,17 @@ def _duplicate_index(target: str, d: dict) -> Finding:
 
 
 def _invalid_index(target: str, ix: dict) -> Finding:
+    if ix.get("partitioned"):
+        # The index of a partitioned table is invalid until every partition's index is attached
+        # (CREATE INDEX ... ON ONLY, then ALTER INDEX ... ATTACH PARTITION): often a build under
+        # way; CONCURRENTLY is not supported on it.
+        return Finding(
+            "invalid_index", "info", target, ix["index"],
+            f"index {ix['index']} of partitioned table {ix['table']} is invalid: not every partition has an index "
+            "attached to it yet",
+            f"If nobody is building it right now, create the missing partitions' indexes and attach each with "
+            f"ALTER INDEX {ix['index']} ATTACH PARTITION <the partition's index>; or drop it and create it again "
+            "without ON ONLY.")
     recreate = ix["definition"].replace(" INDEX ", " INDEX CONCURRENTLY ", 1)
     return Finding(
         "invalid_index", "warning", target, ix["index"],
