@@ -119,6 +119,10 @@ def test_a_snapshot_round_trips_with_samples_statements_and_findings(store, pg_c
     [(doc,)] = pg_cluster.execute("SELECT doc FROM dbops_metrics.snapshot WHERE target = %s AND taken_at = %s",
                                   dbname=metrics_db, params=(target, NOW))
     assert doc["findings"] == [] and not any("query" in item for item in doc["sections"]["statements"]["top"] if "queryid" in item)
+    assert doc["samples"] == [] and "statements" not in doc["rates"]["statements"]
+    assert {s.name: s.help for s in latest.samples}["connections_by_state"] == "Sessions by state"
+    assert sorted(s.to_dict()["labels"].get("state", "") for s in latest.samples if s.name == "connections_by_state") == [
+        "active", "idle"]
     assert {item["queryid"]: item["query"] for item in latest.sections["statements"]["top"] if "queryid" in item} == {
         101: "SELECT * FROM orders WHERE id = $1", 202: 'UPDATE "Weird" SET x = $1'}
     assert second.findings and all("query" in item for item in second.sections["statements"]["top"])  # not mutated

@@ -427,7 +427,7 @@ class MetricsStore:
 
     def _complete(self, snaps: list[Snapshot]) -> list[Snapshot]:
         """Put back what the stored document leaves to the other tables (``_stored_doc``): the
-        findings, and the statements' query texts. Two queries, however many snapshots."""
+        samples, the findings, and the statements' query texts. Three queries, however many snapshots."""
         if not snaps:
             return snaps
         keys = ([s.target for s in snaps], [s.taken_at for s in snaps])
@@ -444,9 +444,19 @@ class MetricsStore:
             "JOIN {} x ON x.target = k.target AND x.queryid = k.queryid").format(self._t("statement_text")),
             ([t for t, _ in wanted], [q for _, q in wanted])) if wanted else []
         texts = {(t, q): text for t, q, text in rows}
+        samples: dict[tuple, list[Sample]] = {}
+        for target, taken_at, metric, labels, value, kind in self._rows(sql.SQL(
+                "SELECT s.target, s.taken_at, metric, labels, value, kind "
+                "FROM unnest(%s::text[], %s::timestamptz[]) AS k(target, taken_at) "
+                "JOIN {} s ON s.target = k.target AND s.taken_at = k.taken_at").format(self._t("sample")), keys):
+            samples.setdefault((target, taken_at), []).append((metric, labels, value, kind))
         for snap in snaps:
             if not snap.findings:
                 snap.findings = by_severity(found.get((snap.target, snap.taken_at), []))
+            if not snap.samples:
+                help_of = snap.sample_help
+                snap.samples = [Sample(m, float(v), tuple(sorted((labels or {}).items())), kind, help_of.get(m, ""))
+                                for m, labels, v, kind in samples.get((snap.target, snap.taken_at), [])]
             for item in _top_statements(snap.sections.get("statements")):
                 item.setdefault("query", texts.get((snap.target, int(item["queryid"])), ""))
         return snaps
@@ -529,11 +539,17 @@ class MetricsStore:
 
 
 def _stored_doc(snap: Snapshot, taken_at: datetime, samples: list[Sample]) -> dict:
-    """The snapshot as the ``doc`` column keeps it: without the findings (the ``finding`` table
-    has them) and without the statements' query texts (``statement_text`` has each once), which
-    would otherwise be stored twice, every five minutes: about a third of a snapshot's bytes."""
-    doc = snap.to_dict() | {"taken_at": taken_at.isoformat(), "samples": [s.to_dict() for s in samples],
-                            "findings": []}
+    """The snapshot as the ``doc`` column keeps it: without the samples (the ``sample`` table has
+    them, the doc their help texts), the findings (the ``finding`` table has them), the statements' query texts (``statement_text`` has each once) and the statements'
+    window rates (the ``statement`` table's calls_per_second and mean_ms_window), which would
+    otherwise be stored twice, every five minutes: about half of a snapshot's bytes. Reads put
+    the samples, findings and texts back; the window rates are read from ``statement``."""
+    doc = snap.to_dict() | {"taken_at": taken_at.isoformat(), "samples": [], "findings": [],
+                            # the samples are the `sample` table's rows; their help texts, once per name
+                            "sample_help": {s.name: s.help for s in samples if s.help}}
+    rates = doc["rates"].get("statements")
+    if isinstance(rates, dict) and "statements" in rates:
+        doc["rates"] = dict(doc["rates"]) | {"statements": {k: v for k, v in rates.items() if k != "statements"}}
     statements = doc["sections"].get("statements")
     if isinstance(statements, dict) and isinstance(statements.get("top"), list):
         doc["sections"] = dict(doc["sections"])          # copies: the snapshot itself stays whole

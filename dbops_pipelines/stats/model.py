@@ -78,6 +78,8 @@ class Snapshot:
     findings: list[Finding] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)     # section -> why it was not collected
     interval_seconds: float | None = None                    # since the previous snapshot the rates use
+    # Help texts by sample name, as a stored snapshot keeps them (its samples are rows of their own).
+    sample_help: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -100,6 +102,7 @@ class Snapshot:
             samples=[Sample.from_dict(s) for s in d.get("samples", [])],
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             errors=d.get("errors", {}), interval_seconds=d.get("interval_seconds"),
+            sample_help=d.get("sample_help", {}),
         )
 
     def sample(self, name: str, **labels: str) -> float | None:
