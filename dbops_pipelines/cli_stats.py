@@ -17,7 +17,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from dbops_pipelines.config import load_config
-from dbops_pipelines.errors import DbopsError
+from dbops_pipelines.errors import DbopsError, MetricsStoreError
 from dbops_pipelines.findings import by_severity
 from dbops_pipelines.redact import redact
 from dbops_pipelines.stats.model import Snapshot
@@ -26,6 +26,7 @@ from dbops_pipelines.stats.snapshot import take_snapshot
 
 SUBCOMMANDS = ("history", "report")
 SUMMARY_STATEMENTS = 5
+MAX_AGE_DAYS = 3650
 # What `dbops stats history` lists per snapshot when no --metric is given.
 HISTORY_COLUMNS = ("client_connections", "cache_hit_ratio", "statements_calls_per_second",
                    "statement_mean_seconds_max", "snapshot_duration_seconds")
@@ -59,7 +60,10 @@ def parse_age(text: str, flag: str) -> timedelta:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
     if not m:
         raise UsageError(f"{flag} {text!r} is not an age", "write e.g. 30m, 6h or 2d")
-    return timedelta(seconds=float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]])
+    seconds = float(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+    if not 0 < seconds <= MAX_AGE_DAYS * 86400:
+        raise UsageError(f"{flag} {text!r} is out of range", f"give an age above 0 and at most {MAX_AGE_DAYS}d")
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str, flag: str, now: datetime) -> datetime:
@@ -74,7 +78,7 @@ def parse_time(text: str, flag: str, now: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def _check_usage(args) -> None:
+def _check_usage(args, known_targets=None) -> None:
     sub = args.what if args.what in SUBCOMMANDS and args.target else None
     allowed = {None: {"json", "no_save"}, "history": {"json", "since", "metric"}, "report": {"start", "end", "out"}}[sub]
     flags = {"json": "--json", "no_save": "--no-save", "since": "--since", "metric": "--metric",
@@ -90,6 +94,8 @@ def _check_usage(args) -> None:
         raise UsageError("`dbops stats report` needs --out FILE.html")
     if args.since is not None:
         parse_age(args.since, "--since")
+    if args.what in SUBCOMMANDS and not args.target and known_targets is not None and args.what not in known_targets:
+        raise UsageError(f"`dbops stats {args.what}` needs a TARGET", f"`dbops stats {args.what} TARGET ...`")
     now = datetime.now(timezone.utc)
     for flag, value in (("--from", args.start), ("--to", args.end)):
         if value is not None:
@@ -103,6 +109,11 @@ def cmd_stats(args) -> int:
         _usage(exc)
         return 2
     cfg = load_config(args.config)
+    try:
+        _check_usage(args, cfg.targets)       # `stats history` alone: a usage error, unless a target is so named
+    except UsageError as exc:
+        _usage(exc)
+        return 2
     if args.what in SUBCOMMANDS and args.target:
         cfg.target(args.target)
         return cmd_history(cfg, args) if args.what == "history" else cmd_report(cfg, args)
@@ -166,15 +177,17 @@ def cmd_history(cfg, args) -> int:
     since = now - parse_age(args.since or "6h", "--since")
     with open_store(cfg, for_writing=False) as store:
         if args.metric:
-            rows = store.series(args.target, args.metric, since)
+            rows = store.labelled_series(args.target, args.metric, since)   # a labelled metric: every series
             if not rows and args.metric not in store.metrics(args.target):
                 known = ", ".join(store.metrics(args.target)) or "none yet"
                 raise DbopsError(f"no metric {args.metric!r} for {args.target}", f"metrics recorded: {known}")
             if args.json:
-                print(json.dumps([{"taken_at": t.isoformat(), "value": v} for t, v in rows], indent=2))
+                print(json.dumps([{"taken_at": t.isoformat(), "labels": labels, "value": v} for t, labels, v in rows],
+                                 indent=2))
             else:
-                for t, v in rows:
-                    print(f"{t.isoformat(timespec='seconds')}  {v:g}")
+                for t, labels, v in rows:
+                    shown = "{" + ", ".join(f"{k}={val!r}" for k, val in sorted(labels.items())) + "}" if labels else ""
+                    print(f"{t.isoformat(timespec='seconds')}  {v:g}  {shown}".rstrip())
             return 0
         columns = {name: dict(store.series(args.target, name, since)) for name in HISTORY_COLUMNS}
     times = sorted({t for series in columns.values() for t in series})
@@ -202,7 +215,8 @@ def cmd_report(cfg, args) -> int:
         _usage(exc)
         return 2
     if start >= end:
-        _usage(UsageError("--from must be before --to"))
+        _usage(UsageError(f"--from ({start.isoformat(timespec='minutes')}) must be before --to "
+                          f"({end.isoformat(timespec='minutes')})"))
         return 2
     with open_store(cfg, for_writing=False) as store:
         path = write_report(store, args.target, start, end, args.out)
@@ -211,13 +225,21 @@ def cmd_report(cfg, args) -> int:
 
 
 def cmd_exporter(args) -> int:
-    from dbops_pipelines.stats.exporter import render, serve
+    from dbops_pipelines.stats.exporter import parse_listen, render, serve
 
+    try:
+        parse_listen(args.listen)
+    except DbopsError as exc:
+        _usage(exc)
+        return 2
     cfg = load_config(args.config)
     require_metrics(cfg)
     if args.once:
-        sys.stdout.write(render(cfg).decode())
+        text = render(cfg).decode()
+        sys.stdout.write(text)
+        if "dbops_stats_exporter_up 0.0" in text:
+            raise MetricsStoreError("the metrics database did not answer: only dbops_stats_exporter_up 0 was exported",
+                                    "check metrics.dsn, that the database is up, and its password (PGPASSWORD or a PGPASSFILE)")
         return 0
-    print(f"serving /metrics on http://{args.listen}/metrics (Ctrl-C stops)", file=sys.stderr)
-    serve(cfg, args.listen)
+    serve(cfg, args.listen, on_ready=lambda url: print(f"serving {url} (Ctrl-C stops)", file=sys.stderr, flush=True))
     return 0

@@ -179,6 +179,14 @@ class FeatureSettings(_Strict):
     timezone: Timezone | None = None
 
 
+def _no_nulls(model: BaseModel, nullable: frozenset[str] = frozenset()) -> BaseModel:
+    """Every key is optional, but one written as null would lay None over its default."""
+    for name in sorted(model.model_fields_set - nullable):
+        if getattr(model, name) is None:
+            raise ValueError(f"{name} is null; leave the key out to keep its default, or give a value")
+    return model
+
+
 class StatsThresholds(_Strict):
     """When a snapshot's numbers become findings (docs/findings.md). Every key optional: a target's
     keys override defaults.stats.thresholds key by key, which override the built-in defaults."""
@@ -208,6 +216,11 @@ class StatsThresholds(_Strict):
     slot_retained_wal_bytes: int | None = Field(None, ge=0)          # inactive slot holding more WAL than this
     pg_stat_statements_full_ratio: float | None = Field(None, gt=0, le=1)   # entries / pg_stat_statements.max
 
+    @model_validator(mode="after")
+    def _nulls(self) -> "StatsThresholds":
+        # null on purpose: judge connections by the absolute count alone (or by the ratio alone)
+        return _no_nulls(self, frozenset({"connections_high_ratio", "connections_high_count"}))
+
 
 STATS_THRESHOLD_DEFAULTS = StatsThresholds(
     slow_statement_warning_ms=500, slow_statement_critical_ms=10_000, slow_statement_min_calls=1,
@@ -236,6 +249,10 @@ class StatsSettings(_Strict):
     report_window_hours: float | None = Field(None, gt=0)         # default 24
     max_age_minutes: float | None = Field(None, gt=0)             # alert when no snapshot is younger; default 30
     thresholds: StatsThresholds | None = None
+
+    @model_validator(mode="after")
+    def _nulls(self) -> "StatsSettings":
+        return _no_nulls(self)
 
 
 STATS_DEFAULTS = StatsSettings(

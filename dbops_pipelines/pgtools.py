@@ -172,7 +172,7 @@ def connect(dsn: str, label: str, retries: int = 3, backoff: float = 1.0,
         if _login_refused(exc):
             raise error(
                 f"{label} ({redact(dsn)}) refused the login: {redact(str(exc).strip())}",
-                "check the user and the password (PGPASSWORD or PGPASSFILE) for this target",
+                f"check the user and the password (PGPASSWORD or PGPASSFILE) for {label}",
             ) from None
         raise DatabaseUnreachable(
             f"cannot connect to {label} ({redact(dsn)}) after {retries + 1} attempt{'s' if retries else ''}: "

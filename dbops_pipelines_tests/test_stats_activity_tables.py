@@ -98,14 +98,17 @@ def test_lock_wait_names_the_blocker_and_clears(module_db, session):
     time.sleep(0.8)
 
     snap = snapshot(module_db, activity, lock_wait_seconds=0.5)
-    [finding] = found(snap, "lock_wait", f"pid {waiter_pid}")
-    assert f"pid {holder_pid}" in finding.message and "UPDATE locked_rows SET v = 1" in finding.message
+    [finding] = found(snap, "lock_wait", f"blocker pid {holder_pid}")
+    assert f"pid {waiter_pid}" in finding.message and "UPDATE locked_rows SET v = 1" in finding.message
     # The holder is idle in its transaction: only ending its session releases the lock.
     assert finding.sql == f"SELECT pg_terminate_backend({holder_pid})"
     [wait] = snap.sections["activity"]["lock_waits"]
     assert [b["pid"] for b in wait["blockers"]] == [holder_pid] and wait["wait_seconds"] > 0.5
     assert snap.sample("waiting_sessions") == 1.0 and snap.sample("longest_lock_wait_seconds") > 0.5
     assert snap.sections["activity"]["by_wait_event"].get("Lock:transactionid") == 1
+    # the waiter is reported as a lock wait, not a second time as a long-running query
+    assert found(snapshot(module_db, activity, lock_wait_seconds=0.5, long_running_query_seconds=0.5),
+                 "long_running_query", f"pid {waiter_pid}") == []
 
     holder.rollback()
     done.join(10)
@@ -389,13 +392,17 @@ def test_lock_wait_finding_acts_on_root_blockers():
             "query": "UPDATE orders SET x = 1", "blocker_count": 2,
             "blockers": [blocker(5), blocker(6, waiting=True)]}
     [f] = activity.findings("t", activity_data(lock_waits=[wait]), {}, thresholds(lock_wait_seconds=10))
-    assert f.object == "pid 7" and "pid 5 (active" in f.message and "ALTER TABLE orders" in f.message
+    assert f.object == "blocker pid 5" and "pid 5 (active" in f.message and "ALTER TABLE orders" in f.message
     assert f.sql == "SELECT pg_cancel_backend(5)" and "1 more" in f.message
+    # a pile-up behind one blocker is one finding (one alert) that counts the waiters
+    pile = [{**wait, "pid": pid, "wait_seconds": 11.0 + pid} for pid in range(20, 26)] + [wait]
+    [f] = activity.findings("t", activity_data(lock_waits=pile), {}, thresholds(lock_wait_seconds=10))
+    assert f.object == "blocker pid 5" and f.message.startswith("7 session(s) waiting") and "pid 25" in f.message
     assert activity.findings("t", activity_data(lock_waits=[wait]), {}, thresholds(lock_wait_seconds=30)) == []
 
     prepared = {**wait, "blocker_count": 1, "blockers": [{**blocker(0), "state": None}]}
     [f] = activity.findings("t", activity_data(lock_waits=[prepared]), {}, thresholds(lock_wait_seconds=10))
-    assert "prepared transaction" in f.message and f.sql is None
+    assert "prepared transaction" in f.message and f.sql is None and f.object == "blocker prepared transaction"
 
 
 def test_connections_high_severity():
@@ -492,3 +499,20 @@ def test_an_unfinished_partitioned_index_is_not_given_sql_that_cannot_run(module
         conn.execute("CREATE INDEX parted_v ON ONLY parted (v)")        # invalid until partitions attach
     [finding] = found(snapshot(module_db, tables), "invalid_index", "public.parted_v")
     assert finding.severity == "info" and finding.sql is None and "ATTACH PARTITION" in finding.recommendation
+
+
+def test_fk_without_index_on_a_partitioned_table_counts_its_partitions(module_db):
+    with psycopg.connect(module_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE owners (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO owners SELECT generate_series(1, 10)")
+        conn.execute("CREATE TABLE events (id int, owner_id int REFERENCES owners, pad text) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (1000000)")
+        conn.execute("INSERT INTO events SELECT g, 1 + g % 10, repeat('x', 200) FROM generate_series(1, 20000) g")
+        conn.execute("ANALYZE events_1")
+        conn.execute("SELECT count(*) FROM events")           # a sequential scan of the partition
+    wait_for(lambda: stat(module_db, "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'events_1'"),
+             what="the partition's scan to be counted")
+    [finding] = found(snapshot(module_db, tables, fk_without_index_min_bytes=1 << 20),
+                      "fk_without_index", "public.events (owner_id)")
+    assert finding.severity == "warning"                       # ~5 MB in its partition, not "-0.0 MB"
+    assert "-0.0" not in finding.message and " 0 sequential" not in finding.message

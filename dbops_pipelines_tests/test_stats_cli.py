@@ -51,6 +51,8 @@ def test_history_report_and_exporter_over_kept_snapshots(write_config, sample_ap
     assert len(rows) == 2 and all(r["client_connections"] >= 1 for r in rows)
     code, out, err = run(capsys, "stats", "history", "app", "--metric", "database_size_bytes", "--since", "1h")
     assert code == 0 and len(out.strip().splitlines()) == 2
+    code, out, err = run(capsys, "stats", "history", "app", "--metric", "connections")   # labelled: every state
+    assert code == 0 and "{state='active'}" in out and "{state='idle'}" in out
     code, out, err = run(capsys, "stats", "history", "app", "--metric", "no_such_metric")
     assert code == 1 and "no metric 'no_such_metric'" in err and "database_size_bytes" in err
 
@@ -72,6 +74,10 @@ def test_history_report_and_exporter_over_kept_snapshots(write_config, sample_ap
     (["stats", "history", "app", "--since", "six hours"], "is not an age"),
     (["stats", "report", "app", "--from", "yesterday", "--out", "r.html"], "neither an ISO time nor an age"),
     (["stats", "app", "extra"], "unexpected 'extra'"),
+    (["stats", "history"], "needs a TARGET"),
+    (["stats", "history", "app", "--since", "0m"], "out of range"),
+    (["stats", "history", "app", "--since", "99999999999d"], "out of range"),
+    (["exporter", "--listen", "localhost"], "not host:port"),
 ])
 def test_bad_usage_exits_2_before_anything_connects(write_config, capsys, argv, problem):
     write_config({"app": "postgresql://dbops@127.0.0.1:1/app"})
@@ -87,6 +93,8 @@ def test_unknown_target_and_unreachable_metrics_database_fail_loudly(write_confi
     assert code == 1
     assert "NOT kept" in out and "snapshot took" in out          # the snapshot is shown, not lost silently
     assert "metrics database" in err and "Traceback" not in err
+    code, out, err = run(capsys, "exporter", "--once")
+    assert code == 1 and "dbops_stats_exporter_up 0.0" in out and "did not answer" in err
 
 
 def test_a_pg_monitor_role_is_enough_for_every_section(pg_cluster, fresh_db, write_config, capsys):

@@ -194,11 +194,14 @@ def _bind(host: str, port: int, app, listen: str) -> WSGIServer:
                           "choose another address with --listen, or stop what is listening there") from None
 
 
-def serve(cfg: FleetConfig, listen: str) -> None:
-    """Serve /metrics on ``listen`` until interrupted (Ctrl-C or SIGTERM: returns cleanly)."""
+def serve(cfg: FleetConfig, listen: str, on_ready=None) -> None:
+    """Serve /metrics on ``listen`` until interrupted (Ctrl-C or SIGTERM: returns cleanly).
+    ``on_ready(url)`` is called once the address is bound, never before a bind that fails."""
     host, port = parse_listen(listen)
     server = _bind(host, port, make_wsgi_app(make_registry(cfg)), listen)
     log.info("stats exporter serving http://%s/metrics", listen)
+    if on_ready is not None:
+        on_ready(f"http://{listen}/metrics")
     try:
         with sigterm_as_interrupt():
             server.serve_forever()

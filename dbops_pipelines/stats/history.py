@@ -191,7 +191,7 @@ class MetricsStore:
         try:
             conn = connect(settings.dsn, "the metrics database", retries=retries, error=MetricsStoreError,
                            application_name="dbops_metrics", autocommit=True)
-        except DatabaseUnreachable as exc:
+        except (DatabaseUnreachable, MetricsStoreError) as exc:   # down, or the login refused
             raise MetricsStoreError(f"the stats history cannot be written or read: {exc.message}", exc.hint) from None
         store = cls(conn, settings)
         try:
@@ -505,6 +505,13 @@ class MetricsStore:
             (target, metric, _jsonb({str(k): str(v) for k, v in (labels or {}).items()}), _utc(since, "since"),
              *([_utc(until, "until")] if until else [])))
         return [(taken_at, float(value)) for taken_at, value in rows]
+
+    def labelled_series(self, target: str, metric: str, since: datetime) -> list[tuple[datetime, dict, float]]:
+        """Every series of ``metric`` whatever its labels, oldest first: (taken_at, labels, value)."""
+        rows = self._rows(sql.SQL("SELECT taken_at, labels, value FROM {} WHERE target = %s AND metric = %s "
+                                  "AND taken_at >= %s ORDER BY taken_at, labels::text").format(self._t("sample")),
+                          (target, metric, _utc(since, "since")))
+        return [(taken_at, labels or {}, float(value)) for taken_at, labels, value in rows]
 
     def metrics(self, target: str, since: datetime | None = None) -> list[str]:
         """The metric names of ``target`` seen since ``since`` (default: the day before its latest snapshot)."""

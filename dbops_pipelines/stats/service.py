@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from dbops_pipelines.config import FleetConfig
 from dbops_pipelines.context import FleetContext
-from dbops_pipelines.errors import ConfigError, DbopsError
+from dbops_pipelines.errors import ConfigError, DbopsError, StatsFailed
 from dbops_pipelines.redact import redact
 from dbops_pipelines.stats.history import MetricsStore
 from dbops_pipelines.stats.model import Snapshot
@@ -95,6 +95,13 @@ def snapshot_targets(cfg: FleetConfig, targets: list[str], save: bool = True,
                 except DbopsError as exc:
                     outcome.error = exc
                     log(f"ERROR {outcome.target}: {redact(exc.message)}")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one target's bug must not cost the others their snapshots
+                    outcome.error = StatsFailed(
+                        f"the snapshot of {outcome.target} failed unexpectedly: {type(exc).__name__}: {redact(str(exc))}",
+                        "this is a bug in dbops: please report it with the target's stats settings; the other "
+                        "targets' snapshots were kept")
+                    log(f"ERROR {outcome.target}: {outcome.error.message}")
                     continue
                 if store is not None:
                     try:

@@ -99,6 +99,7 @@ def collect(conn: psycopg.Connection, env: CollectEnv) -> dict:
         SELECT a.pid, a.usename, a.datname, a.application_name, {_age('a.query_start')}, left(a.query, 2000)
           FROM pg_stat_activity a
          WHERE {clients} AND a.state = 'active' AND a.query_start < now() - make_interval(secs => %s)
+           AND a.wait_event_type IS DISTINCT FROM 'Lock'     -- a lock wait is reported as such, with its blocker
          ORDER BY a.query_start LIMIT %s
     """, (th.long_running_query_seconds, n)).fetchall()
     idle_tx = conn.execute(f"""
@@ -236,9 +237,13 @@ def findings(target: str, data: dict, rates: dict, thresholds) -> list[Finding]:
                 "it commits or rolls back promptly, and set idle_in_transaction_session_timeout (for the role or the "
                 "database) so such sessions are ended; end this one if it is abandoned.",
                 f"SELECT pg_terminate_backend({int(s['pid'])})"))
+    # One finding per blocker, not per waiting session: a migration that blocks a busy API is one
+    # problem (and one alert), however many sessions queue behind it.
+    by_blockers: dict[tuple, list[dict]] = {}
     for w in data.get("lock_waits", []):
         if w["wait_seconds"] > th.lock_wait_seconds:
-            out.append(_lock_wait_finding(target, w, th))
+            by_blockers.setdefault(tuple(b["pid"] for b in _roots(w)), []).append(w)
+    out += [_lock_wait_finding(target, waits, th) for waits in by_blockers.values()]
     out += _connections_high(target, data, th)
     return out
 
@@ -250,21 +255,29 @@ def _describe_blocker(b: dict) -> str:
             f"application {b['application']!r}, open {b['age_seconds']:.0f} s, query: {b['query']})")
 
 
-def _lock_wait_finding(target: str, w: dict, th) -> Finding:
-    blockers = w["blockers"]
+def _roots(w: dict) -> list[dict]:
     # The sessions that hold the lock and wait for nothing themselves are the ones to act on.
-    roots = [b for b in blockers if not b["waiting"]] or blockers
+    return [b for b in w["blockers"] if not b["waiting"]] or w["blockers"]
+
+
+def _lock_wait_finding(target: str, waits: list[dict], th) -> Finding:
+    longest = max(waits, key=lambda w: w["wait_seconds"])
+    roots = _roots(longest)
     if roots:
-        blocked_by = "blocked by " + "; ".join(_describe_blocker(b) for b in roots)
-        if w["blocker_count"] > len(roots):
-            blocked_by += f" (and {w['blocker_count'] - len(roots)} more sessions ahead of it)"
+        blocked_by = "; ".join(_describe_blocker(b) for b in roots)
+        if longest["blocker_count"] > len(roots):
+            blocked_by += f" (and {longest['blocker_count'] - len(roots)} more sessions ahead of the longest waiter)"
+        obj = ", ".join("prepared transaction" if b["pid"] == 0 else f"pid {b['pid']}" for b in roots)
     else:
-        blocked_by = "its blocker has already gone"
+        blocked_by, obj = "a session that has already gone", f"pid {longest['pid']}"
+    others = (f"; {len(waits) - 1} more session(s) wait behind it too: pids "
+              + ", ".join(str(w["pid"]) for w in waits if w is not longest)) if len(waits) > 1 else ""
     cancellable = [b for b in roots if b["pid"] != 0]
     return Finding(
-        "lock_wait", "warning", target, f"pid {w['pid']}",
-        f"a session has waited {w['wait_seconds']:.0f} s for a lock (threshold {th.lock_wait_seconds:g} s) in "
-        f"{_who(w)}, {blocked_by}; the waiting query: {w['query']}",
+        "lock_wait", "warning", target, f"blocker {obj}",
+        f"{len(waits)} session(s) waiting for a lock held by {blocked_by}; the longest, pid {longest['pid']}, has "
+        f"waited {longest['wait_seconds']:.0f} s (threshold {th.lock_wait_seconds:g} s) in {_who(longest)}: "
+        f"{longest['query']}{others}",
         "Find out why the blocking session holds its lock so long (a long transaction, an idle-in-transaction "
         "session, a migration); cancel its query (or end its session when it is idle in a transaction) if that is "
         "safe, and set lock_timeout for migrations so they give up instead of queueing everyone behind them. A "

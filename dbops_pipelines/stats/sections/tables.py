@@ -324,7 +324,13 @@ def _fk_without_index(conn: psycopg.Connection, n: int) -> tuple[list[dict], int
     the referencing table. Constraints a partition inherits are reported once, on their parent."""
     cur = conn.execute(f"""
         WITH top AS (
-            SELECT con.oid AS con_oid, con.conrelid, con.confrelid, con.conkey, c.relpages,
+            SELECT con.oid AS con_oid, con.conrelid, con.confrelid, con.conkey,
+                   -- a partitioned table has no pages of its own (relpages -1): its partitions' sum
+                   CASE WHEN c.relkind = 'p'
+                        THEN (SELECT coalesce(sum(greatest(pc.relpages, 0)), 0)
+                                FROM pg_partition_tree(c.oid) pt JOIN pg_class pc ON pc.oid = pt.relid
+                               WHERE pt.isleaf)
+                        ELSE greatest(c.relpages, 0) END AS relpages,
                    count(*) OVER () AS total
               FROM pg_constraint con
               JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -335,7 +341,7 @@ def _fk_without_index(conn: psycopg.Connection, n: int) -> tuple[list[dict], int
                       AND i.indnkeyatts >= cardinality(con.conkey)
                       AND (i.indkey::int2[])[0:cardinality(con.conkey) - 1] @> con.conkey
                       AND (i.indkey::int2[])[0:cardinality(con.conkey) - 1] <@ con.conkey)
-             ORDER BY c.relpages DESC, con.oid LIMIT %s
+             ORDER BY relpages DESC, con.oid LIMIT %s
         )
         SELECT quote_ident(con.conname) AS constraint, {QUOTED} AS table,
                ARRAY(SELECT quote_ident(a.attname)
@@ -343,7 +349,10 @@ def _fk_without_index(conn: psycopg.Connection, n: int) -> tuple[list[dict], int
                        JOIN pg_attribute a ON a.attrelid = top.conrelid AND a.attnum = k.attnum
                       ORDER BY k.ord) AS columns,
                quote_ident(rn.nspname) || '.' || quote_ident(rc.relname) AS referenced_table,
-               coalesce(s.seq_scan, 0) AS seq_scan,
+               CASE WHEN c.relkind = 'p'
+                    THEN (SELECT coalesce(sum(ps.seq_scan), 0)::bigint FROM pg_partition_tree(c.oid) pt
+                            JOIN pg_stat_user_tables ps ON ps.relid = pt.relid WHERE pt.isleaf)
+                    ELSE coalesce(s.seq_scan, 0) END AS seq_scan,
                top.relpages::bigint * {BLOCK_SIZE} AS table_bytes,
                c.relkind = 'p' AS partitioned, top.total
           FROM top
