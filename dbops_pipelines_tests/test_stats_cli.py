@@ -132,3 +132,30 @@ def test_a_role_without_pg_monitor_is_told_what_it_cannot_see(pg_cluster, fresh_
         assert not [f for f in json.loads(out)["findings"] if f["code"] == "monitor_role_limited"]
     finally:
         pg_cluster.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_one_targets_unexpected_error_costs_no_other_target_its_snapshot(pg_cluster, write_config, metrics_dsn,
+                                                                          monkeypatch):
+    """A bug met while judging one target (injected here) fails that target alone: the others are kept."""
+    from dbops_pipelines.config import load_config
+    from dbops_pipelines.stats import snapshot as snapshot_module
+    from dbops_pipelines.stats.model import Section
+    from dbops_pipelines.stats.service import open_store, snapshot_targets
+
+    def collect(conn, env):
+        return {"database": conn.info.dbname}
+
+    def findings(target, data, rates, thresholds):
+        if target == "b":
+            raise TypeError("a bug in one section's judgement")
+        return []
+
+    buggy = Section("database", collect, lambda prev, cur, s: {}, lambda data, rates: [], findings)
+    monkeypatch.setattr(snapshot_module, "all_sections", lambda: [buggy])
+    path = write_config({name: pg_cluster.dsn("postgres") for name in ("a", "b", "c")}, metrics={"dsn": metrics_dsn})
+    cfg = load_config(path)
+    outcomes = {o.target: o for o in snapshot_targets(cfg, ["a", "b", "c"], save=True)}
+    assert outcomes["a"].saved and outcomes["c"].saved and not outcomes["b"].saved
+    assert "a bug in one section's judgement" in outcomes["b"].error.message
+    with open_store(cfg, for_writing=False) as store:
+        assert set(store.latest_all(["a", "b", "c"])) == {"a", "c"}
