@@ -82,7 +82,8 @@ def test_fleet_run_findings_alert_and_resolve(write_config, sample_app, metrics_
 
 
 def test_metrics_database_down_fails_the_run_and_keeps_the_numbers(write_config, sample_app, http_receiver):
-    path = write_config({"app": sample_app["dsn"]}, metrics={"dsn": "postgresql://dbops@127.0.0.1:1/metrics"},
+    path = write_config({"app": sample_app["dsn"], "down": UNREACHABLE},
+                        metrics={"dsn": "postgresql://dbops@127.0.0.1:1/metrics"},
                         alerts={"sinks": [{"kind": "webhook", "url": http_receiver.url("/hook"), "min_severity": "info"}]})
     defs = build_definitions(path)
     with dg.instance_for_test() as instance:
@@ -90,11 +91,13 @@ def test_metrics_database_down_fails_the_run_and_keeps_the_numbers(write_config,
         assert not result.success
         failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
         assert "not kept" in failure.step_failure_data.user_failure_data.description
-        meta = instance.get_latest_materialization_event(names.asset_key("app", names.STATS)).asset_materialization.metadata
-        assert meta["kept_in_history"].value is False and "database_size_bytes" in meta   # shown, not lost
+        shown = instance.get_latest_materialization_event(names.asset_key("app", names.STATS)).asset_materialization
+        assert shown.metadata["kept_in_history"].value is False and "database_size_bytes" in shown.metadata  # not lost
+        assert names.INCOMPLETE_TAG in shown.tags           # ...but not counted as the feature's success
         tick(defs, instance, path)
     fired = {r.body["alert"]["key"] for r in http_receiver.received("/hook")}
-    assert {"app/run_failed/stats", "app/store_unreadable/stats_stale"} <= fired
+    # app's snapshot was shown but not kept: its run failed as much as the unreachable target's did
+    assert {"app/run_failed/stats", "down/run_failed/stats", "app/store_unreadable/stats_stale"} <= fired
     assert "app/stats_stale" not in fired          # unknown is not "stale": never judged on a guess
 
 

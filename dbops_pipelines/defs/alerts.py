@@ -93,7 +93,9 @@ def _run_error(instance: dg.DagsterInstance, run_id: str) -> str | None:
 
 
 def _materialized(instance: dg.DagsterInstance, run_id: str) -> set[dg.AssetKey]:
-    return {r.dagster_event.asset_key for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)}
+    """The assets a run really made (a materialization tagged incomplete recorded a partial result)."""
+    return {r.dagster_event.asset_key for r in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            if names.INCOMPLETE_TAG not in (r.dagster_event.event_specific_data.materialization.tags or {})}
 
 
 def run_subjects(instance: dg.DagsterInstance, run: dg.DagsterRun, failed: bool, targets,

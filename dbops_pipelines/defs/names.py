@@ -23,6 +23,9 @@ CONFIG_TAG = "dbops/config_sha256"
 # On a check's metadata: its feature alerts finding by finding (through its conditions), so a
 # failed evaluation of this check is not an alert of its own.
 ALERTS_PER_FINDING = "dbops/alerts_per_finding"
+# On a materialization that records what was done but not all of it (a stats snapshot taken but not
+# kept): the alert sensor does not count it as its feature's success.
+INCOMPLETE_TAG = "dbops/incomplete"
 
 # Asset names (the last part of each key); a feature's name is its main asset's name.
 BACKUP = "backup"

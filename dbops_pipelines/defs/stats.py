@@ -175,7 +175,9 @@ def build_group(cfg: FleetConfig, name: str, cron: str, tz: str, targets: list[s
                 context.log.info(snapshot_summary(snap) + ("" if outcome.saved else " (NOT kept in history)"))
                 key = names.asset_key(snap.target, STATS)
                 if key in context.selected_asset_keys:
-                    yield dg.MaterializeResult(asset_key=key, metadata=snapshot_metadata(snap, outcome.saved))
+                    # Not kept: its numbers are shown, but it is not the feature's success for alerting.
+                    yield dg.MaterializeResult(asset_key=key, metadata=snapshot_metadata(snap, outcome.saved),
+                                               tags=None if outcome.saved else {names.INCOMPLETE_TAG: "not_kept_in_history"})
                 selected_checks = context.selected_asset_check_keys
                 for result in check_results(snap):
                     if dg.AssetCheckKey(result.asset_key, result.check_name) in selected_checks:
