@@ -41,17 +41,20 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return None if fields[0] in ("Z", "X") else (fields[0], int(fields[1]))
 
 
-def children(pid: int, program: str) -> list[int]:
+def children(pid: int, program: str, with_arg: str | None = None) -> list[int]:
+    """The child processes of ``pid`` running ``program`` (with ``with_arg`` among their arguments:
+    the real pg_restore, not the `--version` probe dbops runs before it)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         st = _stat(int(entry.name))
-        if st and st[1] == pid and argv0.endswith(program.encode()):
+        if (st and st[1] == pid and argv[0].endswith(program.encode())
+                and (with_arg is None or any(a.startswith(with_arg.encode()) for a in argv[1:]))):
             found.append(int(entry.name))
     return found
 
@@ -61,12 +64,12 @@ def start(*args: str, env: dict | None = None) -> subprocess.Popen:
                             env={**os.environ, **(env or {})})
 
 
-def wait_for_child(proc: subprocess.Popen, program: str, timeout: float = 120) -> int:
+def wait_for_child(proc: subprocess.Popen, program: str, timeout: float = 120, with_arg: str | None = None) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"dbops ended (exit {proc.returncode}) before {program} started: {proc.stderr.read()}")
-        kids = children(proc.pid, program)
+        kids = children(proc.pid, program, with_arg)
         if kids:
             return kids[0]
         time.sleep(0.02)
@@ -161,7 +164,7 @@ def test_sigterm_stops_a_parallel_restore_and_removes_the_decrypted_dump(write_c
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     proc = start("restore", backup_id, "--to", pg_cluster.dsn(fresh_db), "--jobs", "2", env={"TMPDIR": str(tmp)})
-    pg_restore = wait_for_child(proc, "pg_restore")
+    pg_restore = wait_for_child(proc, "pg_restore", with_arg="--jobs")
     assert any(p.name.startswith("dbops-restore-") for p in tmp.iterdir())  # the plaintext dump is staged here
     time.sleep(0.5)
     workers = children(pg_restore, "pg_restore")
