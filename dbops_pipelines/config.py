@@ -172,7 +172,7 @@ def _reads_flat_names(moves: dict[str, str]):
 
 
 class FeatureSettings(_Strict):
-    """stats, gdpr, wal, audit: accepted and validated now, read by those features when they land."""
+    """wal, audit: accepted and validated now, read by those features when they land."""
 
     enabled: bool = True
     schedule: Cron | None = None
@@ -270,6 +270,49 @@ class MetricsSettings(_Strict):
     schema_name: str = Field("dbops_metrics", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+ColumnAction = Annotated[str | None, AfterValidator(lambda v: _check_column_action(v))]
+
+
+def _check_column_action(v: str | None) -> str | None:
+    if v is None or v == "hash" or (v.startswith("fixed:")):
+        return v
+    raise ValueError(f"{v!r} is not a column action; use null, hash or \"fixed:<value>\"")
+
+
+class GdprTableSettings(_Strict):
+    """gdpr.tables.<schema.table>: what cleanup does to the rows of a deleted subject there."""
+
+    action: Literal["delete", "anonymize"] = "delete"
+    # anonymize: column -> null (set NULL), "hash" (keyed HMAC-SHA-256 token), "fixed:<value>"
+    columns: dict[str, ColumnAction] = {}
+
+    @model_validator(mode="after")
+    def _columns_for_anonymize(self) -> "GdprTableSettings":
+        if self.action == "anonymize" and not self.columns:
+            raise ValueError("action anonymize needs `columns` (column: null | hash | \"fixed:<value>\")")
+        if self.action == "delete" and self.columns:
+            raise ValueError("`columns` only apply to action anonymize")
+        return self
+
+
+class GdprSettings(_Strict):
+    """targets.<name>.gdpr: soft-delete cleanup (docs/gdpr.md). Names are schema.table as in
+    backups (case-sensitive; double-quote a part that is not plain lower-case)."""
+
+    enabled: bool = True
+    subject_table: str                       # the table whose rows are people, e.g. public.users
+    grace_days: int = Field(30, ge=0)
+    schedule: Cron = "0 3 * * *"
+    timezone: Timezone = "UTC"
+    tables: dict[str, GdprTableSettings] = {}   # optional: soft-deletable tables are discovered
+    exclude: list[str] = []
+    soft_delete_column: str = Field("deleted_at", min_length=1, max_length=63)
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    lock_timeout_seconds: float = Field(1, ge=0.01)
+    statement_timeout_seconds: float = Field(30, ge=0.01)
+    hash_key_env: str = "DBOPS_GDPR_HASH_KEY"   # the HMAC secret's variable; never the secret itself
+
+
 class RoleSettings(_Strict):
     """PostgreSQL role per purpose, swapped into the target's DSN; the backup role is the DSN's own."""
 
@@ -295,7 +338,7 @@ class TargetSettings(_Strict):
     backup: TargetBackupSettings = TargetBackupSettings()
     verification: VerificationSettings | None = None
     stats: StatsSettings | None = None
-    gdpr: FeatureSettings | None = None
+    gdpr: GdprSettings | None = None
     wal: FeatureSettings | None = None
     audit: FeatureSettings | None = None
 
