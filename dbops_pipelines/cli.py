@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 
-from dbops_pipelines import cli_stats, fleet
+from dbops_pipelines import cli_gdpr, cli_stats, fleet
 from dbops_pipelines.alerts.board import BOARD_KEY, STALE_AFTER_INTERVALS, read_open_alerts
 from dbops_pipelines.backup.catalog import find_backup
 from dbops_pipelines.backup.migrate import migrate_target
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.set_defaults(func=cmd_alerts)
 
     cli_stats.add_parsers(sub)
+    cli_gdpr.add_parsers(sub)
 
     st = sub.add_parser("store", help="maintain the store").add_subparsers(dest="sub", required=True)
     mg = st.add_parser("migrate", help="move backups from the pre-0.2 layout (<target>/<id>/) under backups/")

@@ -1,0 +1,82 @@
+"""`dbops gdpr ...`: GDPR cleanup from the command line (docs/gdpr.md).
+
+    dbops gdpr cleanup TARGET [--dry-run] [--json]
+
+The dry run reads only (as the target's backup role); the cleanup connects as the target's
+`cleanup` role (roles.cleanup), the one role allowed to change rows. Exit 0 when the cleanup ran
+(rows other sessions held to the end are reported and left for the next run), 1 when it failed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from dbops_pipelines.config import FleetConfig, load_config
+from dbops_pipelines.errors import ConfigError, DbopsError
+from dbops_pipelines.gdpr.catalog import discover
+from dbops_pipelines.gdpr.cleanup import run_cleanup
+from dbops_pipelines.gdpr.plan import dry_run
+from dbops_pipelines.pgtools import connect
+
+APPLICATION_NAME = "dbops_gdpr"
+
+
+def add_parsers(sub) -> None:
+    g = sub.add_parser("gdpr", help="GDPR cleanup of soft-deleted people (docs/gdpr.md)").add_subparsers(dest="sub", required=True)
+    c = g.add_parser("cleanup", help="delete (or anonymize) what was soft-deleted longer ago than the grace period")
+    c.add_argument("target")
+    c.add_argument("--dry-run", action="store_true", help="count what would go, per table, with sample keys; change nothing")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cleanup)
+
+
+def gdpr_settings(cfg: FleetConfig, target: str):
+    settings = cfg.target(target).gdpr
+    if settings is None or not settings.enabled:
+        raise ConfigError(f"target {target!r} has no gdpr section (or it is disabled)",
+                          f"add targets.{target}.gdpr with at least subject_table (docs/gdpr.md)")
+    return settings
+
+
+def cmd_cleanup(args) -> int:
+    cfg = load_config(args.config)
+    settings = gdpr_settings(cfg, args.target)
+    # The dry run reads only: the backup role will do. The cleanup writes: only its own role may.
+    dsn = cfg.dsn_for(args.target, "backup" if args.dry_run else "cleanup")
+    with connect(dsn, f"target {args.target}", retries=cfg.defaults.connect_retries, error=DbopsError,
+                 application_name=APPLICATION_NAME, autocommit=True) as conn:
+        catalog = discover(conn, settings)
+        if args.dry_run:
+            plan = dry_run(conn, args.target, catalog, settings.grace_days, settings.soft_delete_column)
+            _print_plan(plan, args.json)
+            return 0
+        result = run_cleanup(conn, args.target, catalog, settings,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"cleanup of {args.target}: removed what was soft-deleted before {result.cutoff.isoformat(timespec='seconds')} "
+              f"({result.batches} batches, {result.passes} passes)")
+        for (table, action), rows in sorted(result.removed.items()):
+            print(f"  {table}: {rows} rows {'deleted' if action == 'delete' else 'anonymized'}")
+    for table, rows in sorted(result.still_locked.items()):
+        print(f"warning: {table}: {rows} eligible rows were held by other sessions to the end and are left for the "
+              "next run", file=sys.stderr)
+    return 0
+
+
+def _print_plan(plan, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({**plan.to_dict(), "dry_run": True}, indent=2, default=str))
+        return
+    print(f"dry run for {plan.target}: would remove what was soft-deleted before "
+          f"{plan.cutoff.isoformat(timespec='seconds')} (grace {plan.grace_days} days); nothing was changed")
+    for t in plan.tables:
+        sample = f" (e.g. keys {', '.join(str(k[0] if len(k) == 1 else tuple(k)) for k in t.sample_keys)})" if t.sample_keys else ""
+        print(f"  {t.table}: {t.rows} rows would be {'deleted' if t.action == 'delete' else t.action + ' (kept)'}"
+              f"{sample} — {t.why}")
+    for table, why in sorted(plan.skipped.items()):
+        print(f"  skipped {table}: {why}")
+    for link in plan.unindexed:
+        print(f"  note: no index on {link}: each delete scans that table (CREATE INDEX CONCURRENTLY on those columns)")
