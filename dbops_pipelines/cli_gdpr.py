@@ -12,14 +12,8 @@ from __future__ import annotations
 import json
 import sys
 
-from dbops_pipelines.config import FleetConfig, load_config
-from dbops_pipelines.errors import ConfigError, DbopsError
-from dbops_pipelines.gdpr.catalog import discover
-from dbops_pipelines.gdpr.cleanup import run_cleanup
-from dbops_pipelines.gdpr.plan import dry_run
-from dbops_pipelines.pgtools import connect
-
-APPLICATION_NAME = "dbops_gdpr"
+from dbops_pipelines.config import load_config
+from dbops_pipelines.gdpr.service import cleanup_target
 
 
 def add_parsers(sub) -> None:
@@ -31,36 +25,21 @@ def add_parsers(sub) -> None:
     c.set_defaults(func=cmd_cleanup)
 
 
-def gdpr_settings(cfg: FleetConfig, target: str):
-    settings = cfg.target(target).gdpr
-    if settings is None or not settings.enabled:
-        raise ConfigError(f"target {target!r} has no gdpr section (or it is disabled)",
-                          f"add targets.{target}.gdpr with at least subject_table (docs/gdpr.md)")
-    return settings
-
-
 def cmd_cleanup(args) -> int:
     cfg = load_config(args.config)
-    settings = gdpr_settings(cfg, args.target)
-    # The dry run reads only: the backup role will do. The cleanup writes: only its own role may.
-    dsn = cfg.dsn_for(args.target, "backup" if args.dry_run else "cleanup")
-    with connect(dsn, f"target {args.target}", retries=cfg.defaults.connect_retries, error=DbopsError,
-                 application_name=APPLICATION_NAME, autocommit=True) as conn:
-        catalog = discover(conn, settings)
-        if args.dry_run:
-            plan = dry_run(conn, args.target, catalog, settings.grace_days, settings.soft_delete_column)
-            _print_plan(plan, args.json)
-            return 0
-        result = run_cleanup(conn, args.target, catalog, settings,
+    outcome = cleanup_target(cfg, args.target, dry=args.dry_run,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.dry_run:
+        _print_plan(outcome, args.json)
+        return 0
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(outcome.to_dict(), indent=2))
     else:
-        print(f"cleanup of {args.target}: removed what was soft-deleted before {result.cutoff.isoformat(timespec='seconds')} "
-              f"({result.batches} batches, {result.passes} passes)")
-        for (table, action), rows in sorted(result.removed.items()):
+        print(f"cleanup of {args.target}: removed what was soft-deleted before {outcome.cutoff.isoformat(timespec='seconds')} "
+              f"({outcome.batches} batches, {outcome.passes} passes)")
+        for (table, action), rows in sorted(outcome.removed.items()):
             print(f"  {table}: {rows} rows {'deleted' if action == 'delete' else 'anonymized'}")
-    for table, rows in sorted(result.still_locked.items()):
+    for table, rows in sorted(outcome.still_locked.items()):
         print(f"warning: {table}: {rows} eligible rows were held by other sessions to the end and are left for the "
               "next run", file=sys.stderr)
     return 0
