@@ -62,3 +62,38 @@ def test_mistakes_fail_before_anything_runs(write_config, app, pg_cluster, fresh
     code, out, err = run(capsys, "gdpr", "cleanup", "app")
     assert code == 1 and problem in err and "Traceback" not in err
     assert count(pg_cluster, fresh_db, "people") == 10 and count(pg_cluster, fresh_db, "orders") == 10
+
+
+def test_a_kill_mid_run_leaves_finished_batches_done_and_the_next_run_finishes(write_config, pg_cluster, fresh_db):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pg_cluster.execute("""
+        CREATE TABLE people (id int PRIMARY KEY, deleted_at timestamptz);
+        CREATE TABLE orders (id int PRIMARY KEY, person int REFERENCES people);
+        CREATE INDEX ON orders (person);
+        INSERT INTO people SELECT g, now() - interval '45 days' FROM generate_series(1, 60000) g;
+        INSERT INTO orders SELECT g, g FROM generate_series(1, 60000) g;""", dbname=fresh_db)
+    path = write_config({"app": {"dsn": pg_cluster.dsn(fresh_db), "roles": {"cleanup": "postgres"},
+                                 "gdpr": {"subject_table": "public.people", "batch_size": 50}}})
+    dbops = os.path.join(os.path.dirname(sys.executable), "dbops")
+    proc = subprocess.Popen([dbops, "gdpr", "cleanup", "app"], env={**os.environ, "DBOPS_CONFIG": str(path)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while pg_cluster.execute("SELECT count(*) FROM people", dbname=fresh_db)[0][0] > 55000:
+        assert proc.poll() is None and time.monotonic() < deadline, "the cleanup ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)                       # no clean-up of any kind: the worst case
+    proc.wait(10)
+    people = pg_cluster.execute("SELECT count(*) FROM people", dbname=fresh_db)[0][0]
+    orders = pg_cluster.execute("SELECT count(*) FROM orders", dbname=fresh_db)[0][0]
+    # whole batches only: a person's order went in the same transaction as the person, and no batch is half done
+    assert 0 < people < 60000 and orders == people and people % 50 == 0
+    rerun = subprocess.run([dbops, "gdpr", "cleanup", "app"], env={**os.environ, "DBOPS_CONFIG": str(path)},
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert pg_cluster.execute("SELECT count(*) FROM people", dbname=fresh_db)[0][0] == 0
+    assert pg_cluster.execute("SELECT count(*) FROM orders", dbname=fresh_db)[0][0] == 0
