@@ -39,6 +39,12 @@ def cmd_cleanup(args) -> int:
               f"({outcome.batches} batches, {outcome.passes} passes)")
         for (table, action), rows in sorted(outcome.removed.items()):
             print(f"  {table}: {rows} rows {'deleted' if action == 'delete' else 'anonymized'}")
+    for table, entries in sorted(outcome.blocked.items()):
+        print(f"warning: {table}: {len(entries)} people could not be removed: {entries[0]['why']}"
+              + (f" (and {len(entries) - 1} more)" if len(entries) > 1 else "")
+              + " — see docs/gdpr.md#when-a-person-cannot-be-removed", file=sys.stderr)
+    for table, why in sorted(outcome.skipped.items()):
+        print(f"warning: {table} was not cleaned: {why}", file=sys.stderr)
     for table, rows in sorted(outcome.still_locked.items()):
         print(f"warning: {table}: {rows} eligible rows were held by other sessions to the end and are left for the "
               "next run", file=sys.stderr)

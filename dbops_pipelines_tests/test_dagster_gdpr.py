@@ -54,3 +54,18 @@ def test_without_a_cleanup_role_the_run_fails_and_says_why(write_config, pg_clus
     failure = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE][0]
     assert "has no role for cleanup" in failure.step_failure_data.user_failure_data.description
     assert pg_cluster.execute("SELECT count(*) FROM people", dbname=fresh_db)[0][0] == 10
+
+
+def test_the_check_counts_rows_left_in_tables_cleanup_skips(write_config, pg_cluster, fresh_db):
+    pg_cluster.execute("""
+        CREATE TABLE people (id int PRIMARY KEY, deleted_at timestamptz);
+        CREATE TABLE events (deleted_at timestamp);                      -- no key: cleanup cannot batch it
+        INSERT INTO events VALUES (now() - interval '400 days');""", dbname=fresh_db)
+    path = write_config({"app": {"dsn": pg_cluster.dsn(fresh_db), "roles": {"cleanup": "postgres"},
+                                 "gdpr": {"subject_table": "public.people"}}})
+    with dg.instance_for_test() as instance:
+        result = build_definitions(path).resolve_job_def("gdpr_cleanup_app").execute_in_process(instance=instance)
+        [evaluation] = result.get_asset_check_evaluations()
+        meta = instance.get_latest_materialization_event(names.asset_key("app", names.GDPR_CLEANUP)).asset_materialization
+    assert evaluation.passed is False and evaluation.metadata["overdue_rows"].value == {"public.events": 1}
+    assert "no primary key" in meta.metadata["skipped_tables"].value["public.events"]

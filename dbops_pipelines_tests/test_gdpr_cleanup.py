@@ -164,3 +164,98 @@ def test_anonymization_that_cannot_work_is_a_config_error(pg_cluster, fresh_db, 
     with pytest.raises(ConfigError) as err:
         cleanup(pg_cluster.dsn(fresh_db), tables={"public.invoices": {"action": "anonymize", "columns": columns}})
     assert problem in err.value.message
+
+
+def test_a_person_the_database_refuses_to_let_go_is_reported_and_the_rest_go(pg_cluster, fresh_db):
+    """users.deleted_by: a staying user still points at a leaving one (NO ACTION). That one is
+    blocked, with the constraint named and no key values; everyone else is removed."""
+    pg_cluster.execute("""
+        CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE, deleted_at timestamptz,
+                            deleted_by int REFERENCES users);
+        INSERT INTO users SELECT g, 'u' || g || '@example.org', now() - interval '40 days', NULL FROM generate_series(1, 6) g;
+        INSERT INTO users VALUES (7, 'stays@example.org', NULL, 2);""", dbname=fresh_db)
+    settings = GdprSettings(subject_table="public.users", batch_size=4)
+    with psycopg.connect(pg_cluster.dsn(fresh_db), autocommit=True) as conn:
+        result = run_cleanup(conn, "app", discover(conn, settings), settings)
+    assert ids(pg_cluster.dsn(fresh_db), "users") == [2, 7]
+    [blocked] = result.blocked["public.users"]
+    assert blocked["key"] == ["2"] and "users_deleted_by_fkey" in blocked["why"]
+    assert "@example.org" not in str(result.to_dict())           # no DETAIL with key values
+    assert result.removed[("public.users", "delete")] == 5 and result.still_locked == {}
+
+
+def test_a_child_row_held_by_another_session_blocks_only_its_person(db):
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO people SELECT g, now() - interval '40 days' FROM generate_series(1, 6) g;
+            INSERT INTO orders SELECT g, g FROM generate_series(1, 6) g;""")
+    holder = psycopg.connect(db)
+    holder.execute("SELECT 1 FROM orders WHERE id = 3 FOR UPDATE")
+    try:
+        result = cleanup(db, batch_size=10, lock_timeout_seconds=0.2)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert ids(db, "people") == [3] and ids(db, "orders") == [3]
+    assert "LockNotAvailable" in result.blocked["public.people"][0]["why"]
+
+
+def test_keys_of_every_type_are_matched_as_themselves(pg_cluster, fresh_db):
+    pg_cluster.execute("""
+        CREATE TYPE mood AS ENUM ('sad', 'ok');
+        CREATE TABLE people (code char(5), m mood, since date, deleted_at timestamptz, PRIMARY KEY (code, m, since));
+        INSERT INTO people VALUES ('ab', 'sad', 'infinity', now() - interval '40 days'),
+                                  ('cd', 'ok', '2020-01-01', now() - interval '40 days'), ('ef', 'ok', '2020-01-01', NULL);
+        """, dbname=fresh_db)
+    settings = GdprSettings(subject_table="public.people", batch_size=1)
+    with psycopg.connect(pg_cluster.dsn(fresh_db), autocommit=True) as conn:
+        result = run_cleanup(conn, "app", discover(conn, settings), settings)
+        left = conn.execute("SELECT code FROM people").fetchall()
+    assert left == [("ef   ",)] and result.removed[("public.people", "delete")] == 2 and result.still_locked == {}
+
+
+def test_an_anonymized_row_keeps_its_links_to_people_who_stay(pg_cluster, fresh_db, monkeypatch):
+    monkeypatch.setenv("DBOPS_GDPR_HASH_KEY", "y" * 32)
+    pg_cluster.execute("""
+        CREATE TABLE people (id int PRIMARY KEY, deleted_at timestamptz);
+        CREATE TABLE orders (id int PRIMARY KEY, person int REFERENCES people);
+        CREATE TABLE invoices (id int PRIMARY KEY, customer int REFERENCES people, order_id int REFERENCES orders, email text);
+        INSERT INTO people VALUES (1, now() - interval '40 days'), (2, NULL);
+        INSERT INTO orders VALUES (10, 1);
+        INSERT INTO invoices VALUES (100, 2, 10, 'x@example.org');""", dbname=fresh_db)
+    settings = GdprSettings(subject_table="public.people",
+                            tables={"public.invoices": {"action": "anonymize", "columns": {"email": "hash"}}})
+    with psycopg.connect(pg_cluster.dsn(fresh_db), autocommit=True) as conn:
+        run_cleanup(conn, "app", discover(conn, settings), settings)
+        [(customer, order_id)] = conn.execute("SELECT customer, order_id FROM invoices").fetchall()
+    assert (customer, order_id) == (2, None)       # the link to the order that went is cleared, not the staying customer's
+
+
+@pytest.mark.parametrize("ddl, settings, problem", [
+    ("CREATE TABLE audit (id int PRIMARY KEY, person int REFERENCES people ON DELETE CASCADE)",
+     {"exclude": ["public.audit"]}, "public.audit is in gdpr.exclude, but its foreign key"),
+    ("", {"exclude": ["public.people"]}, "the subject table public.people is in gdpr.exclude"),
+    ("", {"tables": {"public.people": {"action": "anonymize", "columns": {"deleted_at": None}}}},
+     "are deleted, not anonymized"),
+])
+def test_what_cleanup_must_not_touch_is_refused_up_front(pg_cluster, fresh_db, ddl, settings, problem):
+    from dbops_pipelines.errors import ConfigError
+
+    pg_cluster.execute("CREATE TABLE people (id int PRIMARY KEY, deleted_at timestamptz);" + ddl, dbname=fresh_db)
+    with psycopg.connect(pg_cluster.dsn(fresh_db)) as conn, pytest.raises(ConfigError) as err:
+        discover(conn, GdprSettings(subject_table="public.people", **settings))
+    assert problem in err.value.message
+
+
+def test_a_soft_deletable_table_with_children_of_its_own_is_left_alone_and_reported(pg_cluster, fresh_db):
+    pg_cluster.execute("""
+        CREATE TABLE people (id int PRIMARY KEY, deleted_at timestamptz);
+        CREATE TABLE posts (id int PRIMARY KEY, deleted_at timestamptz);
+        CREATE TABLE comments (id int PRIMARY KEY, post int REFERENCES posts ON DELETE CASCADE);
+        INSERT INTO posts VALUES (1, now() - interval '40 days');
+        INSERT INTO comments VALUES (1, 1);""", dbname=fresh_db)
+    settings = GdprSettings(subject_table="public.people")
+    with psycopg.connect(pg_cluster.dsn(fresh_db), autocommit=True) as conn:
+        result = run_cleanup(conn, "app", discover(conn, settings), settings)
+    assert ids(pg_cluster.dsn(fresh_db), "comments") == [1] and ids(pg_cluster.dsn(fresh_db), "posts") == [1]
+    assert "comments_post_fkey" in result.skipped["public.posts"]

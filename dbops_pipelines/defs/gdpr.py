@@ -68,11 +68,16 @@ def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
             anonymized = sum(n for (_, action), n in outcome.removed.items() if action == "anonymize")
             for table, rows in sorted(outcome.still_locked.items()):
                 context.log.warning(f"{table}: {rows} eligible rows were held by other sessions; left for the next run")
+            for table, entries in sorted(outcome.blocked.items()):
+                context.log.warning(f"{table}: {len(entries)} people could not be removed, e.g. {entries[0]['why']}")
+            for table, why in sorted(outcome.skipped.items()):
+                context.log.warning(f"{table} was not cleaned: {why}")
             yield dg.MaterializeResult(metadata={
                 "dry_run": False, "cutoff": outcome.cutoff.isoformat(),
                 "rows_deleted": dg.MetadataValue.int(deleted), "rows_anonymized": dg.MetadataValue.int(anonymized),
                 "batches": dg.MetadataValue.int(outcome.batches),
                 "still_held_by_others": dg.MetadataValue.int(sum(outcome.still_locked.values())),
+                "blocked": dg.MetadataValue.json(outcome.blocked), "skipped_tables": dg.MetadataValue.json(outcome.skipped),
                 "per_table": dg.MetadataValue.json(outcome.to_dict()["tables"])})
         with core_call(context):
             overdue = overdue_rows(cfg_now, target)

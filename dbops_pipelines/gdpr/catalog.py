@@ -32,6 +32,7 @@ class Table:
     oid: int
     primary_key: tuple[str, ...]     # column names, in key order
     soft_delete: bool                # has the soft-delete timestamp column
+    key_types: tuple[str, ...] = ()  # the key columns' types (format_type): keys travel as text, cast back
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class GdprCatalog:
     links: list[ForeignKey] = field(default_factory=list)   # every key reaching the subject table, transitively
     # Soft-deletable tables cleanup cannot work on, with why (reported by every run, never skipped silently).
     skipped: dict[str, str] = field(default_factory=dict)
-    kept_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)   # anonymized table -> its primary key
+    kept: dict[str, Table] = field(default_factory=dict)   # anonymized tables (their keys: rows are updated by them)
 
     def deletion_order(self) -> list[str]:
         """The tables under the subject, children before their parents, the subject last: the
@@ -61,7 +62,9 @@ class GdprCatalog:
         table to itself (users.deleted_by) does not order anything; a longer cycle is an error."""
         children: dict[str, set[str]] = defaultdict(set)
         for fk in self.links:
-            if fk.child != fk.parent:
+            # Only keys whose child rows go order anything: rows kept (SET NULL, anonymized) do not.
+            if fk.child != fk.parent and fk.on_delete not in ("set null", "set default") \
+                    and getattr(self.anonymized.get(fk.child), "action", "delete") != "anonymize":
                 children[fk.parent].add(fk.child)
         order: list[str] = []
         state: dict[str, str] = {}
@@ -122,7 +125,14 @@ def _is_timestamp(type_name: str | None) -> bool:
 
 
 def _table(conn: psycopg.Connection, oid: int, name: str, soft_delete_column: str) -> Table:
-    return Table(name, oid, _primary_key(conn, oid), _is_timestamp(_columns(conn, oid).get(soft_delete_column)))
+    columns, key = _columns(conn, oid), _primary_key(conn, oid)
+    return Table(name, oid, key, _is_timestamp(columns.get(soft_delete_column)), tuple(columns[c] for c in key))
+
+
+def soft_delete_table(conn: psycopg.Connection, name: str, soft_delete_column: str) -> Table | None:
+    """``name`` (qualified) as cleanup sees it, when it has the soft-delete timestamp column."""
+    table = _table(conn, _resolve(conn, name, "table")[0], name, soft_delete_column)
+    return table if table.soft_delete else None
 
 
 def _foreign_keys(conn: psycopg.Connection) -> list[ForeignKey]:
@@ -161,11 +171,17 @@ def discover(conn: psycopg.Connection, settings: GdprSettings) -> GdprCatalog:
                           "cleanup removes the rows soft-deleted longer ago than the grace period: set "
                           "gdpr.soft_delete_column to the column that records when a person was deleted")
     excluded = {_resolve(conn, name, "gdpr.exclude entry")[1] for name in settings.exclude}
+    if subject_name in excluded:
+        raise ConfigError(f"the subject table {subject_name} is in gdpr.exclude",
+                          "remove it from gdpr.exclude: the subject table's people are what cleanup removes")
     configured: dict[str, GdprTableSettings] = {}
     for name, table_settings in settings.tables.items():
         oid, qname = _resolve(conn, name, "gdpr.tables entry")
         if qname in excluded:
             raise ConfigError(f"{qname} is both in gdpr.tables and gdpr.exclude", "keep it in one of them")
+        if qname == subject_name and table_settings.action != "delete":
+            raise ConfigError(f"gdpr.tables.{qname}: the subject table's people are deleted, not anonymized",
+                              "list it with action delete (or not at all); anonymize the tables that keep rows")
         missing = sorted(set(table_settings.columns) - set(_columns(conn, oid)))
         if missing:
             raise ConfigError(f"gdpr.tables.{qname}: no column {', '.join(repr(c) for c in missing)} in {qname}",
@@ -203,11 +219,24 @@ def discover(conn: psycopg.Connection, settings: GdprSettings) -> GdprCatalog:
         parent = frontier.pop()
         for fk in sorted(by_parent[parent], key=lambda f: (f.child, f.constraint)):
             if fk.child in excluded:
-                continue
+                # Excluded means never touched: a key that would cascade into it, or refuse the
+                # delete, or need its rows cleared, cannot be left to chance.
+                raise ConfigError(f"{fk.child} is in gdpr.exclude, but its foreign key {fk.constraint} "
+                                  f"({', '.join(fk.child_columns)}) references {fk.parent}, whose rows cleanup removes "
+                                  f"(ON DELETE {fk.on_delete.upper()})",
+                                  "remove it from gdpr.exclude and list it with action anonymize to keep its rows, "
+                                  "or change the key")
             links.append(fk)
             if fk.child not in reached:
                 reached.add(fk.child)
                 frontier.append(fk.child)
+    # Soft-deletable tables besides the subject whose rows other rows reference: removing them
+    # would cascade into, or be refused by, rows this run does not follow. Reported, left alone.
+    for table in [t for t in soft[1:] if by_parent.get(t.name)]:
+        soft.remove(table)
+        keys = ", ".join(sorted({fk.constraint for fk in by_parent[table.name]}))
+        skipped[table.name] = (f"other rows reference it ({keys}); cleanup of such tables, with what belongs to "
+                               "their rows, is not supported yet: exclude it or clean it by hand")
     catalog = GdprCatalog(subject, soft, configured, links, skipped)
     catalog.deletion_order()   # a cycle is a configuration problem: say so before anything runs
     _check_anonymized(conn, catalog)
@@ -225,8 +254,8 @@ def _check_anonymized(conn: psycopg.Connection, catalog: GdprCatalog) -> None:
         if table_settings.action != "anonymize":
             continue
         oid, _ = _resolve(conn, name, "gdpr.tables entry")
-        catalog.kept_keys[name] = _primary_key(conn, oid)
-        if not catalog.kept_keys[name]:
+        catalog.kept[name] = _table(conn, oid, name, "")
+        if not catalog.kept[name].primary_key:
             raise ConfigError(f"gdpr.tables.{name}: an anonymized table needs a primary key", "give it one")
         types = _columns(conn, oid)
         not_null = {r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnotnull",
@@ -250,7 +279,7 @@ def _check_anonymized(conn: psycopg.Connection, catalog: GdprCatalog) -> None:
             if action is not None and action.startswith("fixed:"):
                 try:
                     with conn.transaction():
-                        conn.execute(sql.SQL("SELECT {}::" + kind).format(sql.Literal(action[len("fixed:"):])))
+                        conn.execute(sql.SQL("SELECT {}::{}").format(sql.Literal(action[len("fixed:"):]), sql.SQL(kind)))
                 except psycopg.Error:
                     raise ConfigError(f"gdpr.tables.{name}.columns.{column}: {action[len('fixed:'):]!r} is not a "
                                       f"value of type {kind}", "give a value of the column's type") from None

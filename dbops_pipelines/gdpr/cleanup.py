@@ -37,16 +37,39 @@ class CleanupResult:
     batches: int = 0
     passes: int = 0
     still_locked: dict[str, int] = field(default_factory=dict)   # eligible rows others held to the end
+    # People the database refused to let go (a key this run does not follow), with why: left, reported.
+    blocked: dict[str, list[dict]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)          # tables cleanup cannot work on, and why
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "cutoff": self.cutoff.isoformat(), "batches": self.batches,
-                "passes": self.passes, "still_locked": self.still_locked,
+                "passes": self.passes, "still_locked": self.still_locked, "blocked": self.blocked,
+                "skipped": self.skipped, "notes": self.notes,
                 "tables": [{"table": t, "action": a, "rows": n} for (t, a), n in sorted(self.removed.items())]}
 
 
 def _keys_condition(table: Table, keys: list[tuple]) -> sql.Composed:
-    values = sql.SQL(", ").join(sql.SQL("({})").format(sql.SQL(", ").join(map(sql.Literal, k))) for k in keys)
-    return sql.SQL("({cols}) IN (VALUES {values})").format(cols=cols(table.primary_key), values=values)
+    """``table``'s rows with these keys. Keys travel as text and are cast back to the key's own
+    types on the server (char(n), enums, infinity, uuid compare as themselves, indexes apply)."""
+    arrays = sql.SQL(", ").join(sql.SQL("{}::text[]").format(sql.Literal([k[i] for k in keys]))
+                                for i in range(len(table.primary_key)))
+    casts = sql.SQL(", ").join(sql.SQL("k.c{}::{}").format(sql.SQL(str(i)), sql.SQL(t))
+                               for i, t in enumerate(table.key_types))
+    names = sql.SQL(", ").join(sql.SQL("c{}").format(sql.SQL(str(i))) for i in range(len(table.primary_key)))
+    return sql.SQL("({cols}) IN (SELECT {casts} FROM unnest({arrays}) AS k({names}))").format(
+        cols=cols(table.primary_key), casts=casts, arrays=arrays, names=names)
+
+
+def _key_text(table: Table) -> sql.Composed:
+    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in table.primary_key)
+
+
+def _after(table: Table, after: tuple | None) -> sql.Composable:
+    if not after:
+        return sql.SQL("")
+    typed = sql.SQL(", ").join(sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(t)) for v, t in zip(after, table.key_types))
+    return sql.SQL("AND ({}) > ({})").format(cols(table.primary_key), typed)
 
 
 def _timeouts(conn: psycopg.Connection, settings: GdprSettings) -> None:
@@ -57,57 +80,111 @@ def _timeouts(conn: psycopg.Connection, settings: GdprSettings) -> None:
 
 def _anonymize(conn: psycopg.Connection, catalog: GdprCatalog, name: str, kept: list, secret: bytes | None) -> int:
     """Overwrite the configured columns of ``name``'s rows that belong to the people going, and
-    clear their keys to the rows that go; the rows themselves stay."""
+    clear each key only where the row it points to goes; the rows themselves stay."""
     columns = catalog.anonymized[name].columns
-    links = sorted({c for fk, _ in kept for c in fk.child_columns} - set(columns))
-    pk = catalog.kept_keys[name]
-    rows = conn.execute(sql.SQL("SELECT {pk}, {cs} FROM {t} WHERE {w} FOR UPDATE").format(
-        pk=cols(pk), cs=cols(columns), t=ident(name), w=sql.SQL(" OR ").join(w for _, w in kept))).fetchall()
+    table = catalog.kept[name]
+    rows = conn.execute(sql.SQL("SELECT {keys}, {cs} FROM {t} WHERE {w} FOR UPDATE").format(
+        keys=_key_text(table), cs=cols(columns), t=ident(name),
+        w=sql.SQL(" OR ").join(w for _, w in kept))).fetchall()
     if not rows:
         return 0
-    sets = sql.SQL(", ").join([sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns]
-                              + [sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in links])
-    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in pk)
+    n = len(table.primary_key)
+    where = sql.SQL(" AND ").join(sql.SQL("{} = %s::{}").format(sql.Identifier(c), sql.SQL(t))
+                                  for c, t in zip(table.primary_key, table.key_types))
+    sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns)
     with conn.cursor() as cur:
         cur.executemany(sql.SQL("UPDATE {t} SET {sets} WHERE {where}").format(t=ident(name), sets=sets, where=where),
-                        [[new_value(action, value, secret) for action, value in zip(columns.values(), row[len(pk):])]
-                         + list(row[:len(pk)]) for row in rows])
+                        [[new_value(action, value, secret) for action, value in zip(columns.values(), row[n:])]
+                         + list(row[:n]) for row in rows])
+    for fk, w in kept:                      # this key points at a row that goes: clear it, and only it
+        to_clear = [c for c in fk.child_columns if c not in columns]
+        if to_clear:
+            cleared = sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in to_clear)
+            conn.execute(sql.SQL("UPDATE {t} SET {cleared} WHERE {w}").format(t=ident(name), cleared=cleared, w=w))
     return len(rows)
+
+
+def _lock(conn: psycopg.Connection, table: Table, settings: GdprSettings, cutoff: datetime,
+          where: sql.Composable, limit: int) -> list[tuple]:
+    return conn.execute(sql.SQL(
+        "SELECT {text} FROM {t} WHERE {col} < {cutoff} {where} ORDER BY {pk} LIMIT {n} FOR UPDATE SKIP LOCKED").format(
+        text=_key_text(table), pk=cols(table.primary_key), t=ident(table.name),
+        col=sql.Identifier(settings.soft_delete_column), cutoff=sql.Literal(cutoff), where=where,
+        n=sql.Literal(limit))).fetchall()
+
+
+def _remove(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settings: GdprSettings, cutoff: datetime,
+            keys: list[tuple], secret: bytes | None) -> Counter:
+    """Inside the batch's transaction: remove the rows with ``keys`` (locked by us) and, for the
+    subject table, what belongs to them. Returns what was done, to be counted once committed."""
+    done: Counter = Counter()
+    chosen = _keys_condition(table, keys)
+    if table.name == catalog.subject.name:
+        ways = reached_rows(catalog, chosen)
+        for child, links in sorted(ways.items()):              # kept rows first: anonymized and unlinked
+            kept = [(fk, w) for fk, w in links if link_action(catalog, fk) == "anonymize"]
+            if kept:
+                done[(child, "anonymize")] += _anonymize(conn, catalog, child, kept, secret)
+        for child in catalog.deletion_order()[:-1]:             # children first, the subject last
+            doomed = [w for fk, w in ways.get(child, []) if link_action(catalog, fk) == "delete"]
+            if doomed:
+                cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=ident(child), w=sql.SQL(" OR ").join(doomed)))
+                done[(child, "delete")] += cur.rowcount
+    # The grace predicate again, at delete time: a row undeleted since it was chosen stays.
+    cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {chosen} AND {col} < {cutoff}").format(
+        t=ident(table.name), chosen=chosen, col=sql.Identifier(settings.soft_delete_column), cutoff=sql.Literal(cutoff)))
+    done[(table.name, "delete")] += cur.rowcount
+    return done
+
+
+def why_not(exc: psycopg.Error) -> str:
+    """A database refusal as it may be reported: its class, constraint and first line, never its
+    DETAIL (which quotes key values: an e-mail address in a foreign key's DETAIL is personal data)."""
+    diag = exc.diag
+    where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
+    return f"{type(exc).__name__}{where}: {diag.message_primary or 'refused'}"
 
 
 def _batch(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settings: GdprSettings, cutoff: datetime,
            after: tuple | None, result: CleanupResult, secret: bytes | None) -> tuple | None:
-    """One transaction: lock up to batch_size eligible rows of ``table`` after ``after``, remove them
-    and (for the subject table) what belongs to them. Returns the last key locked, None when none."""
-    column = sql.Identifier(settings.soft_delete_column)
-    with conn.transaction():
-        _timeouts(conn, settings)
-        start = (sql.SQL("AND ({}) > ({})").format(cols(table.primary_key), sql.SQL(", ").join(map(sql.Literal, after)))
-                 if after else sql.SQL(""))
-        keys = conn.execute(sql.SQL(
-            "SELECT {pk} FROM {t} WHERE {col} < {cutoff} {start} ORDER BY {pk} LIMIT {n} FOR UPDATE SKIP LOCKED").format(
-            pk=cols(table.primary_key), t=ident(table.name), col=column, cutoff=sql.Literal(cutoff), start=start,
-            n=sql.Literal(settings.batch_size))).fetchall()
+    """One transaction: lock up to batch_size eligible rows of ``table`` after ``after`` and
+    remove them with what belongs to them. If the database refuses (a foreign key this run does
+    not follow, a row of a child held by another session, a timeout), the batch is rolled back and
+    its people are taken one by one, each in its own transaction: those refused are reported as
+    blocked, with why, and the run goes on. Returns the last key chosen, None when none is left."""
+    keys: list[tuple] = []
+    try:
+        with conn.transaction():
+            _timeouts(conn, settings)
+            keys = _lock(conn, table, settings, cutoff, _after(table, after), settings.batch_size)
+            if not keys:
+                return None
+            done = _remove(conn, catalog, table, settings, cutoff, keys, secret)
+        result.removed.update(done)
+        result.batches += 1
+        return keys[-1]
+    except (psycopg.errors.IntegrityError, psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled,
+            psycopg.errors.DeadlockDetected) as exc:
         if not keys:
-            return None
-        chosen = _keys_condition(table, keys)
-        if table.name == catalog.subject.name:
-            ways = reached_rows(catalog, chosen)
-            for child, links in sorted(ways.items()):              # kept rows first: unlinked, then anonymized
-                kept = [(fk, w) for fk, w in links if link_action(catalog, fk) == "anonymize"]
-                if kept:
-                    result.removed[(child, "anonymize")] += _anonymize(conn, catalog, child, kept, secret)
-            for child in catalog.deletion_order()[:-1]:             # children first, the subject last
-                doomed = [w for fk, w in ways.get(child, []) if link_action(catalog, fk) == "delete"]
-                if doomed:
-                    cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(
-                        t=ident(child), w=sql.SQL(" OR ").join(doomed)))
-                    result.removed[(child, "delete")] += cur.rowcount
-        # The grace predicate again, at delete time: a row undeleted since it was chosen stays.
-        cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {chosen} AND {col} < {cutoff}").format(
-            t=ident(table.name), chosen=chosen, col=column, cutoff=sql.Literal(cutoff)))
-        result.removed[(table.name, "delete")] += cur.rowcount
+            raise
+        first = why_not(exc)
+    for key in keys:                                  # the batch failed: one person at a time
+        try:
+            with conn.transaction():
+                _timeouts(conn, settings)
+                if _lock(conn, table, settings, cutoff, sql.SQL("AND {}").format(_keys_condition(table, [key])), 1):
+                    done = _remove(conn, catalog, table, settings, cutoff, [key], secret)
+                else:
+                    done = Counter()
+            result.removed.update(done)
+        except (psycopg.errors.IntegrityError, psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled,
+                psycopg.errors.DeadlockDetected) as exc:
+            entries = result.blocked.setdefault(table.name, [])
+            if not any(e["key"] == list(key) for e in entries):     # a later pass tries again: report once
+                entries.append({"key": list(key), "why": why_not(exc)})
     result.batches += 1
+    if table.name not in result.blocked:
+        result.notes.append(f"{table.name}: a batch was refused ({first}) and then went through one by one")
     return keys[-1]
 
 
@@ -117,7 +194,7 @@ def run_cleanup(conn: psycopg.Connection, target: str, catalog: GdprCatalog, set
     batch. ``conn`` must be in autocommit mode: each batch is its own transaction."""
     secret = hash_secret(settings)          # before anything runs: a missing secret changes nothing
     (now,) = conn.execute("SELECT now()").fetchone()
-    result = CleanupResult(target, now - timedelta(days=settings.grace_days))
+    result = CleanupResult(target, now - timedelta(days=settings.grace_days), skipped=dict(catalog.skipped))
     for _ in range(MAX_PASSES):
         result.passes += 1
         before = sum(result.removed.values())
@@ -131,6 +208,7 @@ def run_cleanup(conn: psycopg.Connection, target: str, catalog: GdprCatalog, set
         (left,) = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {col} < {cutoff}").format(
             t=ident(table.name), col=sql.Identifier(settings.soft_delete_column),
             cutoff=sql.Literal(result.cutoff))).fetchone()
-        if left:
+        left -= len(result.blocked.get(table.name, []))
+        if left > 0:
             result.still_locked[table.name] = left
     return result

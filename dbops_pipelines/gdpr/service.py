@@ -10,7 +10,7 @@ from psycopg import sql
 
 from dbops_pipelines.config import FleetConfig, GdprSettings
 from dbops_pipelines.errors import ConfigError, DbopsError
-from dbops_pipelines.gdpr.catalog import discover
+from dbops_pipelines.gdpr.catalog import discover, soft_delete_table
 from dbops_pipelines.gdpr.cleanup import CleanupResult, run_cleanup
 from dbops_pipelines.gdpr.plan import CleanupPlan, dry_run, ident
 from dbops_pipelines.pgtools import connect
@@ -28,8 +28,10 @@ def gdpr_settings(cfg: FleetConfig, target: str) -> GdprSettings:
 
 
 def _connect(cfg: FleetConfig, target: str, purpose: str):
+    # TimeZone UTC: a `timestamp without time zone` soft-delete column is read as UTC, whatever the
+    # server's or the role's default zone (which would move the grace boundary by hours).
     return connect(cfg.dsn_for(target, purpose), f"target {target}", retries=cfg.defaults.connect_retries,
-                   error=DbopsError, application_name=APPLICATION_NAME, autocommit=True)
+                   error=DbopsError, application_name=APPLICATION_NAME, autocommit=True, options="-c TimeZone=UTC")
 
 
 def cleanup_target(cfg: FleetConfig, target: str, dry: bool = False,
@@ -50,9 +52,13 @@ def overdue_rows(cfg: FleetConfig, target: str) -> dict[str, int]:
     with _connect(cfg, target, "backup") as conn:
         catalog = discover(conn, settings)
         out = {}
-        for table in catalog.soft_deletable:
+        # Tables cleanup skips count too: rows left there are overdue all the same, and must show.
+        skipped = [t for t in (soft_delete_table(conn, name, settings.soft_delete_column) for name in catalog.skipped)
+                   if t is not None]
+        for table in catalog.soft_deletable + skipped:
             (n,) = conn.execute(sql.SQL("SELECT count(*) FROM {t} WHERE {c} < now() - {age}").format(
                 t=ident(table.name), c=sql.Identifier(settings.soft_delete_column),
                 age=sql.Literal(timedelta(days=settings.grace_days) + OVERDUE_AFTER))).fetchone()
             out[table.name] = n
         return out
+
