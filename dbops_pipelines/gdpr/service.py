@@ -30,8 +30,11 @@ def gdpr_settings(cfg: FleetConfig, target: str) -> GdprSettings:
 def _connect(cfg: FleetConfig, target: str, purpose: str):
     # TimeZone UTC: a `timestamp without time zone` soft-delete column is read as UTC, whatever the
     # server's or the role's default zone (which would move the grace boundary by hours).
+    # The dry run and the check read only, and say so to the server: a bug cannot make them write.
+    read_only = " -c default_transaction_read_only=on" if purpose == "backup" else ""
     return connect(cfg.dsn_for(target, purpose), f"target {target}", retries=cfg.defaults.connect_retries,
-                   error=DbopsError, application_name=APPLICATION_NAME, autocommit=True, options="-c TimeZone=UTC")
+                   error=DbopsError, application_name=APPLICATION_NAME, autocommit=True,
+                   options="-c TimeZone=UTC" + read_only)
 
 
 def cleanup_target(cfg: FleetConfig, target: str, dry: bool = False,
