@@ -29,7 +29,9 @@ def test_dry_run_then_cleanup_and_check(write_config, pg_cluster, fresh_db):
         dry = job.execute_in_process(instance=instance, run_config={
             "ops": {"app__gdpr_cleanup": {"config": {"dry_run": True}}}})
         assert dry.success
-        meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
+        assert instance.get_latest_materialization_event(key) is None          # a dry run cleans nothing
+        [observed] = [e for e in dry.all_events if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION]
+        meta = observed.event_specific_data.asset_observation.metadata
         assert meta["dry_run"].value is True and meta["would_delete"].value == 6
         assert pg_cluster.execute("SELECT count(*) FROM people", dbname=fresh_db)[0][0] == 10   # nothing changed
         [evaluation] = dry.get_asset_check_evaluations()

@@ -43,6 +43,7 @@ def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
         key=key, group_name=target, kinds={"postgres"}, owners=cfg.defaults.owners,
         tags={names.TARGET_TAG: target, names.FEATURE_TAG: GDPR_CLEANUP},
         pool=names.server_pool(cfg, target),
+        output_required=False,    # a dry run observes; only a real cleanup materializes
         check_specs=[dg.AssetCheckSpec(NO_OVERDUE_ROWS, asset=key, description=(
             "No row soft-deleted longer ago than the grace period plus a day is left in a soft-deletable table."))],
         description=(f"GDPR cleanup of `{target}`: rows of `{settings.subject_table}` (and other soft-deletable tables) "
@@ -57,7 +58,8 @@ def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
         if isinstance(outcome, CleanupPlan):
             context.log.info(f"dry run: {outcome.total('delete')} rows would be deleted, "
                              f"{outcome.total('anonymize')} anonymized; nothing was changed")
-            yield dg.MaterializeResult(metadata={
+            # An observation, not a materialization: a dry run must not make the asset look cleaned.
+            yield dg.AssetObservation(asset_key=key, metadata={
                 "dry_run": True, "cutoff": outcome.cutoff.isoformat(),
                 "would_delete": dg.MetadataValue.int(outcome.total("delete")),
                 "would_anonymize": dg.MetadataValue.int(outcome.total("anonymize")),
