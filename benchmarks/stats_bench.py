@@ -591,7 +591,6 @@ class Bench:
 
     def run_storage(self) -> None:
         from dbops_pipelines.stats.history import MetricsStore
-        from dbops_pipelines.stats.snapshot import now_utc
 
         app = self.build_app()
         mix = self.statement_mix(app)
@@ -607,7 +606,7 @@ class Bench:
         tables: dict[int, dict] = {}
         save_s, docs = [], []
         with MetricsStore.open(cfg.metrics) as store:
-            store.ensure_schema(now_utc())
+            store.ensure_schema(datetime.now(timezone.utc))
             schema = cfg.metrics.schema_name
             marks[0], tables[0] = store.bytes_used(), self.table_bytes(metrics_db, schema)
             previous = store.latest("app")

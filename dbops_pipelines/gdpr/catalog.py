@@ -175,8 +175,10 @@ def discover(conn: psycopg.Connection, settings: GdprSettings) -> GdprCatalog:
         raise ConfigError(f"the subject table {subject_name} is in gdpr.exclude",
                           "remove it from gdpr.exclude: the subject table's people are what cleanup removes")
     configured: dict[str, GdprTableSettings] = {}
+    oids: dict[str, int] = {}          # each configured table, resolved once
     for name, table_settings in settings.tables.items():
         oid, qname = _resolve(conn, name, "gdpr.tables entry")
+        oids[qname] = oid
         if qname in excluded:
             raise ConfigError(f"{qname} is both in gdpr.tables and gdpr.exclude", "keep it in one of them")
         if qname == subject_name and table_settings.action != "delete":
@@ -199,8 +201,7 @@ def discover(conn: psycopg.Connection, settings: GdprSettings) -> GdprCatalog:
              ORDER BY n.nspname, c.relname""", (settings.soft_delete_column,)).fetchall()
         found = [(oid, qualified(s, t)) for oid, s, t in rows]
     else:
-        found = [(_resolve(conn, name, "gdpr.tables entry")) for name, ts in settings.tables.items()
-                 if ts.action == "delete"]
+        found = [(oids[name], name) for name, ts in configured.items() if ts.action == "delete"]
     for oid, name in found:
         if name != subject_name and name not in excluded:
             table = _table(conn, oid, name, settings.soft_delete_column)
@@ -239,21 +240,21 @@ def discover(conn: psycopg.Connection, settings: GdprSettings) -> GdprCatalog:
                                "their rows, is not supported yet: exclude it or clean it by hand")
     catalog = GdprCatalog(subject, soft, configured, links, skipped)
     catalog.deletion_order()   # a cycle is a configuration problem: say so before anything runs
-    _check_anonymized(conn, catalog)
+    _check_anonymized(conn, catalog, oids)
     return catalog
 
 
 HASH_TOKEN_CHARS = 29      # "anon_" + 24 hex characters of HMAC-SHA-256 (anonymize.py)
 
 
-def _check_anonymized(conn: psycopg.Connection, catalog: GdprCatalog) -> None:
+def _check_anonymized(conn: psycopg.Connection, catalog: GdprCatalog, oids: dict[str, int]) -> None:
     """An anonymized table keeps its rows: it needs a key to update them by, its link to the
     person must be clearable (the person row goes), a hash must fit its column, and a fixed value
     must be a value of its column's type. Checked before anything runs."""
     for name, table_settings in catalog.anonymized.items():
         if table_settings.action != "anonymize":
             continue
-        oid, _ = _resolve(conn, name, "gdpr.tables entry")
+        oid = oids[name]
         catalog.kept[name] = _table(conn, oid, name, "")
         if not catalog.kept[name].primary_key:
             raise ConfigError(f"gdpr.tables.{name}: an anonymized table needs a primary key", "give it one")

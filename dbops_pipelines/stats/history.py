@@ -431,12 +431,7 @@ class MetricsStore:
         if not snaps:
             return snaps
         keys = ([s.target for s in snaps], [s.taken_at for s in snaps])
-        found: dict[tuple, list[Finding]] = {}
-        for target, taken_at, code, severity, obj, message, rec, fix, section in self._rows(sql.SQL(
-                "SELECT f.target, f.taken_at, code, severity, object, message, recommendation, sql, section "
-                "FROM unnest(%s::text[], %s::timestamptz[]) AS k(target, taken_at) "
-                "JOIN {} f ON f.target = k.target AND f.taken_at = k.taken_at").format(self._t("finding")), keys):
-            found.setdefault((target, taken_at), []).append(Finding(code, severity, target, obj, message, rec, fix, section))
+        found = self._findings(*keys)
         wanted = {(s.target, int(item["queryid"])) for s in snaps for item in _top_statements(s.sections.get("statements"))
                   if "query" not in item}
         rows = self._rows(sql.SQL(
@@ -452,7 +447,7 @@ class MetricsStore:
             samples.setdefault((target, taken_at), []).append((metric, labels, value, kind))
         for snap in snaps:
             if not snap.findings:
-                snap.findings = by_severity(found.get((snap.target, snap.taken_at), []))
+                snap.findings = found.get((snap.target, snap.taken_at), [])
             if not snap.samples:
                 help_of = snap.sample_help
                 snap.samples = [Sample(m, float(v), tuple(sorted((labels or {}).items())), kind, help_of.get(m, ""))
@@ -521,29 +516,29 @@ class MetricsStore:
                           .format(self._t("sample"), start), (target, _utc(since, "since") if since else target))
         return [r[0] for r in rows]
 
+    def _findings(self, targets: list[str], times: list[datetime]) -> dict[tuple[str, datetime], list[Finding]]:
+        """The findings of each (target, taken_at) snapshot, worst first, in one query."""
+        found: dict[tuple[str, datetime], list[Finding]] = {}
+        for target, taken_at, code, severity, obj, message, rec, fix, section in self._rows(sql.SQL(
+                "SELECT f.target, f.taken_at, code, severity, object, message, recommendation, sql, section "
+                "FROM unnest(%s::text[], %s::timestamptz[]) AS k(target, taken_at) "
+                "JOIN {} f ON f.target = k.target AND f.taken_at = k.taken_at").format(self._t("finding")),
+                (targets, times)):
+            found.setdefault((target, taken_at), []).append(Finding(code, severity, target, obj, message, rec, fix, section))
+        return {k: by_severity(v) for k, v in found.items()}
+
     def latest_findings(self, targets: list[str]) -> dict[str, tuple[datetime, list[Finding]]]:
-        """When each of ``targets`` was last snapshotted, with that snapshot's findings, in one
-        query (the alert sensor's per-tick read: no documents, one PK probe per target)."""
-        rows = self._rows(sql.SQL(
-            "SELECT t.target, s.taken_at, f.code, f.severity, f.object, f.message, f.recommendation, f.sql, f.section "
-            "FROM unnest(%s::text[]) AS t(target) CROSS JOIN LATERAL "
-            "(SELECT taken_at FROM {snap} WHERE target = t.target ORDER BY taken_at DESC LIMIT 1) s "
-            "LEFT JOIN {finding} f ON f.target = t.target AND f.taken_at = s.taken_at"
-        ).format(snap=self._t("snapshot"), finding=self._t("finding")), (list(targets),))
-        out: dict[str, tuple[datetime, list[Finding]]] = {}
-        for target, taken_at, code, severity, obj, message, rec, fix, section in rows:
-            _, found = out.setdefault(target, (taken_at, []))
-            if code is not None:
-                found.append(Finding(code, severity, target, obj, message, rec, fix, section))
-        return {t: (at, by_severity(found)) for t, (at, found) in out.items()}
+        """When each of ``targets`` was last snapshotted, with that snapshot's findings (the alert
+        sensor's per-tick read: no documents, one PK probe per target, two queries in all)."""
+        latest = self._rows(sql.SQL(
+            "SELECT t.target, s.taken_at FROM unnest(%s::text[]) AS t(target) CROSS JOIN LATERAL "
+            "(SELECT taken_at FROM {} WHERE target = t.target ORDER BY taken_at DESC LIMIT 1) s"
+        ).format(self._t("snapshot")), (list(targets),))
+        found = self._findings([t for t, _ in latest], [at for _, at in latest]) if latest else {}
+        return {t: (at, found.get((t, at), [])) for t, at in latest}
 
     def findings_at(self, target: str, taken_at: datetime) -> list[Finding]:
-        rows = self._rows(sql.SQL("SELECT code, severity, object, message, recommendation, sql, section FROM {} "
-                                  "WHERE target = %s AND taken_at = %s").format(self._t("finding")),
-                          (target, _utc(taken_at, "taken_at")))
-        return by_severity([Finding(code, severity, target, obj, message, rec, fix, section)
-                            for code, severity, obj, message, rec, fix, section in rows])
-
+        return self._findings([target], [_utc(taken_at, "taken_at")]).get((target, _utc(taken_at, "taken_at")), [])
 
 def _stored_doc(snap: Snapshot, taken_at: datetime, samples: list[Sample]) -> dict:
     """The snapshot as the ``doc`` column keeps it: without the samples (the ``sample`` table has

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import replace
-from datetime import datetime
 
 import psycopg
 
@@ -128,7 +127,3 @@ def snapshot_summary(snap: Snapshot) -> str:
     return (f"stats snapshot of {snap.target} at {snap.taken_at.isoformat(timespec='seconds')}: "
             f"{snap.duration_seconds * 1000:.0f} ms, {found}")
 
-
-def now_utc() -> datetime:
-    from datetime import timezone
-    return datetime.now(timezone.utc)
