@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 
 from dbops_pipelines import cli_gdpr, cli_stats, fleet
+from dbops_pipelines.cli_gdpr import print_reapply_problems
 from dbops_pipelines.alerts.board import BOARD_KEY, STALE_AFTER_INTERVALS, read_open_alerts
 from dbops_pipelines.backup.catalog import find_backup
 from dbops_pipelines.backup.migrate import migrate_target
@@ -31,8 +32,10 @@ from dbops_pipelines.context import FleetContext
 from dbops_pipelines.inventory import inventory
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import DbopsError
+from dbops_pipelines.gdpr.service import reapply_after_restore
 from dbops_pipelines.interrupts import sigterm_as_interrupt
 from dbops_pipelines.pgtools import parse_dsn
+from dbops_pipelines.gdpr.mask import MaskJob, mask_restored, prepare_masking
 from dbops_pipelines.restore import restore_backup
 from dbops_pipelines.verification.runner import verify_backup
 
@@ -121,13 +124,47 @@ def cmd_restore(args) -> int:
     cfg = ctx.config
     printer = ProgressPrinter(f"restore {args.backup_id}")
     manifest = find_backup(ctx.store, ctx.read_keys, args.backup_id).manifest
+    masking = prepare_masking(cfg, manifest, args.table) if args.anonymize else None   # fails before the restore
     result = restore_backup(ctx.store, manifest, ctx.read_keys, args.to,
                             tables=args.table, jobs=args.jobs, clean=args.clean,
                             pg_bin_dir=cfg.defaults.pg_bin_dir, progress=printer, on_warning=_warn,
                             progress_interval=printer.interval)
     printer.done()
     print(f"restored {args.backup_id} into {redact(args.to)}: {human_bytes(result.raw_bytes)} in {result.seconds:.1f} s")
-    return 0
+    try:
+        complete = _reapply_erasures(ctx, manifest, args.to)
+    except DbopsError:
+        _mask_copy(masking, args)   # the copy must not stay unmasked because re-applying erasures failed
+        raise
+    _mask_copy(masking, args)
+    return 0 if complete else 1
+
+
+def _mask_copy(masking: MaskJob | None, args) -> None:
+    """restore --anonymize: mask the restored copy (docs/gdpr.md#masked-copies-for-staging)."""
+    if masking is None:
+        return
+    masked = mask_restored(masking, args.to, args.backup_id, log=lambda line: print(line, file=sys.stderr), warn=_warn)
+    for note in masked.notes:
+        _warn(note)
+    print(masked.summary())
+
+
+def _reapply_erasures(ctx: FleetContext, manifest, to_dsn: str) -> bool:
+    """Everyone erased since the backup was taken is erased again in the restored copy (the GDPR
+    erasure ledger, docs/gdpr.md#after-a-restore). False when some erasure could not be."""
+    try:
+        reapplied = reapply_after_restore(ctx, manifest, to_dsn, log=_warn)
+    except DbopsError as exc:
+        raise DbopsError(f"restored {manifest.backup_id}, but the erasures recorded since it was taken were NOT "
+                         f"re-applied: {exc.message}",
+                         (exc.hint or "fix the cause") + f"; then run `dbops gdpr reapply {manifest.target} --since "
+                         f"{manifest.started_at} --to <the restored database>` before anyone uses the copy") from None
+    if reapplied is None:
+        return True
+    print(reapplied.summary())
+    print_reapply_problems(reapplied)
+    return reapplied.complete
 
 
 def cmd_check(args) -> int:
@@ -303,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--table", action="append", default=[], help="restore only schema.table (repeatable)")
     r.add_argument("--jobs", type=int, default=1, help="parallel pg_restore jobs (stages the dump in a private temp file)")
     r.add_argument("--clean", action="store_true", help="drop objects before recreating them")
+    r.add_argument("--anonymize", action="store_true",
+                   help="mask the personal columns of the target's gdpr.mask in every row after restoring")
     r.set_defaults(func=cmd_restore)
 
     c = sub.add_parser("check", help="re-read a stored backup: sha256, decryption, archive listing")

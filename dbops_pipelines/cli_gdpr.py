@@ -1,19 +1,29 @@
 """`dbops gdpr ...`: GDPR cleanup from the command line (docs/gdpr.md).
 
     dbops gdpr cleanup TARGET [--dry-run] [--json]
+    dbops gdpr export TARGET --subject ID --out FILE.json [--force] [--json]
+    dbops gdpr reapply TARGET --since TIMESTAMP [--to DSN] [--json]
+    dbops gdpr ledger TARGET [--since TIMESTAMP] [--json]
 
 The dry run reads only (as the target's backup role); the cleanup connects as the target's
 `cleanup` role (roles.cleanup), the one role allowed to change rows. Exit 0 when the cleanup ran
 (rows other sessions held to the end are reported and left for the next run), 1 when it failed.
+The export (Art. 15 / 20) reads only, as the backup role, in one snapshot, and writes every row of
+one person to FILE.json (mode 0600, atomically); exit 1 with nothing written for an unknown person.
+`reapply` erases again, after a restore done by other means, everyone the erasure ledger records
+since the backup was taken (exit 1 when any entry could not be re-applied); `ledger` lists it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from datetime import datetime, timezone
 
 from dbops_pipelines.config import load_config
-from dbops_pipelines.gdpr.service import cleanup_target
+from dbops_pipelines.gdpr.export import check_out, export_subject, write_export
+from dbops_pipelines.gdpr.service import cleanup_target, ledger_of, reapply_target
 
 
 def add_parsers(sub) -> None:
@@ -23,6 +33,65 @@ def add_parsers(sub) -> None:
     c.add_argument("--dry-run", action="store_true", help="count what would go, per table, with sample keys; change nothing")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cleanup)
+    e = g.add_parser("export", help="write every row of one person to a JSON file (GDPR Art. 15 / 20)")
+    e.add_argument("target")
+    e.add_argument("--subject", required=True, metavar="ID",
+                   help="the primary key of the person's row in gdpr.subject_table (composite: a JSON array, e.g. '[\"eu\", 42]')")
+    e.add_argument("--out", required=True, metavar="FILE.json", help="where to write the export (mode 0600)")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists")
+    e.add_argument("--json", action="store_true", help="print the manifest (tables searched, row counts) as JSON")
+    e.set_defaults(func=cmd_export)
+    r = g.add_parser("reapply", help="erase again everyone the ledger records as erased since TIMESTAMP (after a restore)")
+    r.add_argument("target")
+    r.add_argument("--since", required=True, type=_timestamp, metavar="TIMESTAMP",
+                   help="ISO 8601, e.g. 2026-11-24T02:00:00Z (UTC when no zone): when the restored backup was taken")
+    r.add_argument("--to", metavar="DSN", help="a restored copy elsewhere (default: the target itself, as roles.cleanup)")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_reapply)
+    lg = g.add_parser("ledger", help="list the erasure ledger's entries after checking every one of them")
+    lg.add_argument("target")
+    lg.add_argument("--since", type=_timestamp, metavar="TIMESTAMP", help="only entries from then on")
+    lg.add_argument("--json", action="store_true")
+    lg.set_defaults(func=cmd_ledger)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-24T02:00:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def cmd_reapply(args) -> int:
+    result = reapply_target(load_config(args.config), args.target, args.since, to_dsn=args.to,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.summary())
+    print_reapply_problems(result)
+    return 0 if result.complete else 1
+
+
+def print_reapply_problems(result) -> None:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for b in result.blocked:
+        print(f"error: ledger entry {b['seq']} ({b['table']}, {b['people']} people) was NOT re-applied: {b['why']}\n"
+              "  what to do: see docs/gdpr.md#after-a-restore; the people it names are back in this database",
+              file=sys.stderr)
+
+
+def cmd_ledger(args) -> int:
+    reading = ledger_of(load_config(args.config), args.target, args.since)
+    if args.json:
+        print(json.dumps({"target": args.target, "entries_total": reading.total, "checked": reading.checked,
+                          "entries": [e.summary() for e in reading.entries]}, indent=2))
+        return 0
+    print(f"erasure ledger of {args.target}: {reading.total} entries, the {len(reading.entries)} listed authenticated "
+          "and chained")
+    for e in reading.entries:
+        rows = ", ".join(f"{t} {a} {n}" for t, acts in sorted(e.rows.items()) for a, n in sorted(acts.items()))
+        print(f"  {e.seq:>6}  {e.at:%Y-%m-%d %H:%M:%S}Z  run {e.run_id[:12]}  {e.table}: {len(e.keys)} people ({rows})")
+    return 0
 
 
 def cmd_cleanup(args) -> int:
@@ -48,6 +117,20 @@ def cmd_cleanup(args) -> int:
     for table, rows in sorted(outcome.still_locked.items()):
         print(f"warning: {table}: {rows} eligible rows were held by other sessions to the end and are left for the "
               "next run", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    cfg = load_config(args.config)
+    check_out(args.out, args.force)          # refuse an existing file before reading anything
+    export = export_subject(cfg, args.target, args.subject)
+    path = write_export(export, args.out, force=args.force)
+    # Never the rows, nor the subject's key: stdout is for the operator's log, the file is for the person.
+    if args.json:
+        print(json.dumps({"target": export.target, "subject_table": export.subject_table, "out": str(path),
+                          "exported_at": export.exported_at.isoformat(), **export.manifest()}, indent=2))
+    else:
+        print(f"{export.summary()} to {path}")
     return 0
 
 

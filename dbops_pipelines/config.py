@@ -311,6 +311,24 @@ class GdprSettings(_Strict):
     lock_timeout_seconds: float = Field(1, ge=0.01)
     statement_timeout_seconds: float = Field(30, ge=0.01)
     hash_key_env: str = "DBOPS_GDPR_HASH_KEY"   # the HMAC secret's variable; never the secret itself
+    # The ops schema in the target database where every run is recorded (gdpr/audit.py).
+    audit_schema: str = Field("dbops_audit", min_length=1, max_length=63)
+    # restore --anonymize (gdpr/mask.py): table -> {column: null | hash | "fixed:<value>"}, applied to every
+    # row of a masked copy, over the columns of the tables listed with action anonymize above
+    mask: dict[str, dict[str, ColumnAction]] = {}
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_columns(cls, v: dict[str, dict[str, str | None]]) -> dict[str, dict[str, str | None]]:
+        for table, columns in v.items():
+            if not table.strip():
+                raise ValueError("a table name under mask is empty; name tables as schema.table")
+            if not columns:
+                raise ValueError(f"{table!r} lists no columns; give the personal columns to mask "
+                                 "(column: null | hash | \"fixed:<value>\")")
+            if any(not c for c in columns):
+                raise ValueError(f"{table!r} has an empty column name")
+        return v
 
 
 class RoleSettings(_Strict):

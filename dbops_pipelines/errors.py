@@ -54,3 +54,15 @@ class StatsFailed(DbopsError):
 
 class MetricsStoreError(StorageError):
     """The metrics database (history of stats snapshots) cannot be reached or written."""
+
+
+class SubjectNotFound(DbopsError):
+    """No row of the GDPR subject table has the given primary key (the message never quotes it)."""
+
+
+class InvalidSubjectId(DbopsError):
+    """A GDPR subject id that is not a value of the subject table's primary key (its type, its shape)."""
+
+
+class ExportFailed(DbopsError):
+    """A GDPR subject export could not be read or written; no export file was left behind."""

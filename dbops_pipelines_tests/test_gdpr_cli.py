@@ -97,3 +97,11 @@ def test_a_kill_mid_run_leaves_finished_batches_done_and_the_next_run_finishes(w
     assert rerun.returncode == 0, rerun.stderr
     assert pg_cluster.execute("SELECT count(*) FROM people", dbname=fresh_db)[0][0] == 0
     assert pg_cluster.execute("SELECT count(*) FROM orders", dbname=fresh_db)[0][0] == 0
+    # Every person erased is in the ledger, the batch cut short by the kill included: its entry is
+    # stored before its transaction commits.
+    from dbops_pipelines.config import load_config
+    from dbops_pipelines.context import FleetContext
+    from dbops_pipelines.gdpr.ledger import read_ledger
+    ctx = FleetContext(load_config(path))
+    recorded = {int(k[0]) for e in read_ledger(ctx.store, ctx.read_keys, "app").entries for k in e.keys}
+    assert recorded == set(range(1, 60001))

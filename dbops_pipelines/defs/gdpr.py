@@ -27,6 +27,16 @@ def applies(cfg: FleetConfig, target: str) -> bool:
     return settings is not None and settings.enabled
 
 
+def _actor(context) -> str:
+    """Who started the run, for the audit trail: the schedule, a sensor, or someone in the UI."""
+    tags = context.run.tags
+    if tags.get("dagster/schedule_name"):
+        return f"dagster schedule {tags['dagster/schedule_name']}"
+    if tags.get("dagster/sensor_name"):
+        return f"dagster sensor {tags['dagster/sensor_name']}"
+    return f"dagster run {context.run.run_id} ({tags.get('user', 'launched by hand')})"
+
+
 def _plan_md(plan: CleanupPlan) -> str:
     lines = ["| table | would be | rows | sample keys | why |", "|---|---|---|---|---|"]
     lines += [f"| {t.table} | {t.action} | {t.rows} | {', '.join(map(str, t.sample_keys)) or '-'} | {t.why} |"
@@ -54,7 +64,8 @@ def build(cfg: FleetConfig, target: str, config_sha256: str) -> dg.Definitions:
     def gdpr_cleanup(context: dg.AssetExecutionContext, config: CleanupRunConfig, dbops: DbopsFleet):
         cfg_now = dbops.config()
         with core_call(context):
-            outcome = cleanup_target(cfg_now, target, dry=config.dry_run, log=context.log.info)
+            outcome = cleanup_target(dbops.context(), target, dry=config.dry_run, log=context.log.info,
+                                     run_id=context.run.run_id, actor=_actor(context))
         if isinstance(outcome, CleanupPlan):
             context.log.info(f"dry run: {outcome.total('delete')} rows would be deleted, "
                              f"{outcome.total('anonymize')} anonymized; nothing was changed")

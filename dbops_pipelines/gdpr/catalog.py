@@ -129,9 +129,14 @@ def _table(conn: psycopg.Connection, oid: int, name: str, soft_delete_column: st
     return Table(name, oid, key, _is_timestamp(columns.get(soft_delete_column)), tuple(columns[c] for c in key))
 
 
+def table_named(conn: psycopg.Connection, name: str, soft_delete_column: str) -> Table:
+    """``name`` (qualified) as cleanup sees it; ConfigError when there is no such table."""
+    return _table(conn, _resolve(conn, name, "table")[0], name, soft_delete_column)
+
+
 def soft_delete_table(conn: psycopg.Connection, name: str, soft_delete_column: str) -> Table | None:
     """``name`` (qualified) as cleanup sees it, when it has the soft-delete timestamp column."""
-    table = _table(conn, _resolve(conn, name, "table")[0], name, soft_delete_column)
+    table = table_named(conn, name, soft_delete_column)
     return table if table.soft_delete else None
 
 

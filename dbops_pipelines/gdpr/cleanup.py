@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from datetime import datetime, timedelta
 
 import psycopg
@@ -72,7 +73,7 @@ def _after(table: Table, after: tuple | None) -> sql.Composable:
     return sql.SQL("AND ({}) > ({})").format(cols(table.primary_key), typed)
 
 
-def _timeouts(conn: psycopg.Connection, settings: GdprSettings) -> None:
+def set_timeouts(conn: psycopg.Connection, settings: GdprSettings) -> None:
     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{round(settings.lock_timeout_seconds * 1000)}ms")))
     conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
         sql.Literal(f"{round(settings.statement_timeout_seconds * 1000)}ms")))
@@ -113,10 +114,11 @@ def _lock(conn: psycopg.Connection, table: Table, settings: GdprSettings, cutoff
         n=sql.Literal(limit))).fetchall()
 
 
-def _remove(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settings: GdprSettings, cutoff: datetime,
-            keys: list[tuple], secret: bytes | None) -> Counter:
+def erase_rows(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settings: GdprSettings, cutoff: datetime | None,
+            keys: list[tuple], secret: bytes | None) -> tuple[Counter, list[list[str]]]:
     """Inside the batch's transaction: remove the rows with ``keys`` (locked by us) and, for the
-    subject table, what belongs to them. Returns what was done, to be counted once committed."""
+    subject table, what belongs to them. Returns what was done, to be counted once committed, and
+    the keys of the rows that went. ``cutoff`` None (re-applying the ledger): no grace check."""
     done: Counter = Counter()
     chosen = _keys_condition(table, keys)
     if table.name == catalog.subject.name:
@@ -131,9 +133,25 @@ def _remove(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settin
                 cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=ident(child), w=sql.SQL(" OR ").join(doomed)))
                 done[(child, "delete")] += cur.rowcount
     # The grace predicate again, at delete time: a row undeleted since it was chosen stays.
-    cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {chosen} AND {col} < {cutoff}").format(
-        t=ident(table.name), chosen=chosen, col=sql.Identifier(settings.soft_delete_column), cutoff=sql.Literal(cutoff)))
-    done[(table.name, "delete")] += cur.rowcount
+    grace = sql.SQL("") if cutoff is None else sql.SQL("AND {col} < {cutoff}").format(
+        col=sql.Identifier(settings.soft_delete_column), cutoff=sql.Literal(cutoff))
+    gone = conn.execute(sql.SQL("DELETE FROM {t} WHERE {chosen} {grace} RETURNING {text}").format(
+        t=ident(table.name), chosen=chosen, grace=grace, text=_key_text(table))).fetchall()
+    done[(table.name, "delete")] += len(gone)
+    return done, [list(k) for k in gone]
+
+
+class Journal(Protocol):
+    def record(self, conn: psycopg.Connection, table: str, gone: list[list[str]], done: Counter) -> None:
+        """Called inside a batch's transaction, before it commits, with what it erased: a
+        failure here rolls the batch back (nobody is erased without a record)."""
+
+
+def _erase(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settings: GdprSettings, cutoff: datetime | None,
+           keys: list[tuple], secret: bytes | None, journal: Journal | None) -> Counter:
+    done, gone = erase_rows(conn, catalog, table, settings, cutoff, keys, secret)
+    if journal is not None and sum(done.values()):
+        journal.record(conn, table.name, gone, done)
     return done
 
 
@@ -146,7 +164,7 @@ def why_not(exc: psycopg.Error) -> str:
 
 
 def _batch(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, settings: GdprSettings, cutoff: datetime,
-           after: tuple | None, result: CleanupResult, secret: bytes | None) -> tuple | None:
+           after: tuple | None, result: CleanupResult, secret: bytes | None, journal: Journal | None) -> tuple | None:
     """One transaction: lock up to batch_size eligible rows of ``table`` after ``after`` and
     remove them with what belongs to them. If the database refuses (a foreign key this run does
     not follow, a row of a child held by another session, a timeout), the batch is rolled back and
@@ -155,11 +173,11 @@ def _batch(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, setting
     keys: list[tuple] = []
     try:
         with conn.transaction():
-            _timeouts(conn, settings)
+            set_timeouts(conn, settings)
             keys = _lock(conn, table, settings, cutoff, _after(table, after), settings.batch_size)
             if not keys:
                 return None
-            done = _remove(conn, catalog, table, settings, cutoff, keys, secret)
+            done = _erase(conn, catalog, table, settings, cutoff, keys, secret, journal)
         result.removed.update(done)
         result.batches += 1
         return keys[-1]
@@ -171,9 +189,9 @@ def _batch(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, setting
     for key in keys:                                  # the batch failed: one person at a time
         try:
             with conn.transaction():
-                _timeouts(conn, settings)
+                set_timeouts(conn, settings)
                 if _lock(conn, table, settings, cutoff, sql.SQL("AND {}").format(_keys_condition(table, [key])), 1):
-                    done = _remove(conn, catalog, table, settings, cutoff, [key], secret)
+                    done = _erase(conn, catalog, table, settings, cutoff, [key], secret, journal)
                 else:
                     done = Counter()
             result.removed.update(done)
@@ -189,9 +207,10 @@ def _batch(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, setting
 
 
 def run_cleanup(conn: psycopg.Connection, target: str, catalog: GdprCatalog, settings: GdprSettings,
-                log: Callable[[str], None] = lambda line: None) -> CleanupResult:
+                log: Callable[[str], None] = lambda line: None, journal: Journal | None = None) -> CleanupResult:
     """Remove every eligible row of every soft-deletable table (the subject table first), batch by
-    batch. ``conn`` must be in autocommit mode: each batch is its own transaction."""
+    batch. ``conn`` must be in autocommit mode: each batch is its own transaction. ``journal``
+    records each batch before it commits (the ledger and the audit trail: service.py)."""
     secret = hash_secret(settings)          # before anything runs: a missing secret changes nothing
     (now,) = conn.execute("SELECT now()").fetchone()
     result = CleanupResult(target, now - timedelta(days=settings.grace_days), skipped=dict(catalog.skipped))
@@ -200,7 +219,7 @@ def run_cleanup(conn: psycopg.Connection, target: str, catalog: GdprCatalog, set
         before = sum(result.removed.values())
         for table in catalog.soft_deletable:
             after = None
-            while (after := _batch(conn, catalog, table, settings, result.cutoff, after, result, secret)) is not None:
+            while (after := _batch(conn, catalog, table, settings, result.cutoff, after, result, secret, journal)) is not None:
                 log(f"{table.name}: {result.removed[(table.name, 'delete')]} rows removed so far")
         if sum(result.removed.values()) == before:
             break          # a pass that removed nothing: what is left is held by others (or nothing is)

@@ -40,10 +40,12 @@ class CleanupPlan:
     tables: list[TablePlan]
     skipped: dict[str, str]                  # soft-deletable tables cleanup cannot work on, and why
     unindexed: list[str]                     # foreign keys without an index on the referencing side
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "cutoff": self.cutoff.isoformat(), "grace_days": self.grace_days,
-                "tables": [asdict(t) for t in self.tables], "skipped": self.skipped, "unindexed": self.unindexed}
+                "tables": [asdict(t) for t in self.tables], "skipped": self.skipped, "unindexed": self.unindexed,
+                "notes": self.notes}
 
     def total(self, action: str) -> int:
         return sum(t.rows for t in self.tables if t.action == action)

@@ -1,18 +1,28 @@
-"""One GDPR cleanup of one target, as the CLI and the Dagster asset run it: connect as the right
-role, check the configuration against the catalog, then count (dry run) or clean."""
+"""GDPR runs of one target, as the CLI and the Dagster assets start them: connect as the right
+role, check the configuration against the catalog, then count (dry run), clean, or re-apply the
+erasure ledger; every run is recorded in the target's audit schema (audit.py) and every erasure
+in the ledger (ledger.py) before it commits."""
 
 from __future__ import annotations
 
+import getpass
+import uuid
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
+import psycopg
 from psycopg import sql
 
 from dbops_pipelines.config import FleetConfig, GdprSettings
-from dbops_pipelines.errors import ConfigError, DbopsError
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.errors import ConfigError, DbopsError, IntegrityError
+from dbops_pipelines.gdpr import audit
 from dbops_pipelines.gdpr.catalog import discover, soft_delete_table
 from dbops_pipelines.gdpr.cleanup import CleanupResult, run_cleanup
+from dbops_pipelines.gdpr.ledger import REAPPLY_MARGIN, LedgerReading, LedgerWriter, read_ledger
 from dbops_pipelines.gdpr.plan import CleanupPlan, dry_run, ident
+from dbops_pipelines.gdpr.reapply import ReapplyResult, reapply
 from dbops_pipelines.pgtools import connect
 
 APPLICATION_NAME = "dbops_gdpr"
@@ -27,25 +37,174 @@ def gdpr_settings(cfg: FleetConfig, target: str) -> GdprSettings:
     return settings
 
 
-def _connect(cfg: FleetConfig, target: str, purpose: str):
+def _context(ctx: FleetContext | FleetConfig) -> FleetContext:
+    return ctx if isinstance(ctx, FleetContext) else FleetContext(ctx)
+
+
+def _connect_dsn(cfg: FleetConfig, dsn: str, label: str, read_only: bool = False) -> psycopg.Connection:
     # TimeZone UTC: a `timestamp without time zone` soft-delete column is read as UTC, whatever the
     # server's or the role's default zone (which would move the grace boundary by hours).
     # The dry run and the check read only, and say so to the server: a bug cannot make them write.
-    read_only = " -c default_transaction_read_only=on" if purpose == "backup" else ""
-    return connect(cfg.dsn_for(target, purpose), f"target {target}", retries=cfg.defaults.connect_retries,
-                   error=DbopsError, application_name=APPLICATION_NAME, autocommit=True,
-                   options="-c TimeZone=UTC" + read_only)
+    return connect(dsn, label, retries=cfg.defaults.connect_retries, error=DbopsError,
+                   application_name=APPLICATION_NAME, autocommit=True,
+                   options="-c TimeZone=UTC" + (" -c default_transaction_read_only=on" if read_only else ""))
 
 
-def cleanup_target(cfg: FleetConfig, target: str, dry: bool = False,
-                   log: Callable[[str], None] = lambda line: None) -> CleanupPlan | CleanupResult:
-    """The dry run reads only, as the backup role; the cleanup writes, as roles.cleanup only."""
+def _connect(cfg: FleetConfig, target: str, purpose: str) -> psycopg.Connection:
+    return _connect_dsn(cfg, cfg.dsn_for(target, purpose), f"target {target}", read_only=purpose == "backup")
+
+
+def _exclusive(conn: psycopg.Connection, target: str) -> None:
+    """One cleanup or re-application per target at a time (the ledger is a single chain): a
+    session-level advisory lock, released when the connection closes, whatever happens."""
+    (ok,) = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"dbops_gdpr:{target}",)).fetchone()
+    if not ok:
+        raise DbopsError(f"another GDPR cleanup or re-application of {target} is running",
+                         "let it finish (pg_stat_activity shows it as application_name dbops_gdpr), then run again")
+
+
+def default_actor() -> str:
+    try:
+        return f"{getpass.getuser()} (dbops cli)"
+    except OSError:
+        return "dbops cli"
+
+
+class _RunJournal:
+    """What a cleanup run records of each batch before it commits: the ledger entry (in the store)
+    and the batch's rows in the audit trail (in the same transaction as the batch)."""
+
+    def __init__(self, ledger: LedgerWriter, schema: str, run_id: str):
+        self.ledger, self.schema, self.run_id = ledger, schema, run_id
+
+    def record(self, conn: psycopg.Connection, table: str, gone: list[list[str]], done: Counter) -> None:
+        rows: dict[str, dict[str, int]] = defaultdict(dict)
+        for (name, action), n in done.items():
+            rows[name][action] = n
+        audit.count(conn, self.schema, self.run_id, done, self.ledger.seq + 1)
+        # Last before the commit: if storing the entry fails, the batch rolls back.
+        self.ledger.append(self.run_id, datetime.now(timezone.utc), table, gone, dict(rows))
+
+
+def _finish(conn: psycopg.Connection, schema: str, run_id: str, outcome: str) -> None:
+    try:
+        audit.finish_run(conn, schema, run_id, outcome)
+    except psycopg.Error:
+        pass     # the connection is what failed: the run's row stays `running`, which says as much
+
+
+def _guarded(conn: psycopg.Connection, schema: str, run_id: str, work: Callable[[], object]):
+    try:
+        outcome = work()
+    except KeyboardInterrupt:
+        _finish(conn, schema, run_id, "interrupted")
+        raise
+    except Exception as exc:
+        _finish(conn, schema, run_id, f"failed: {type(exc).__name__}")
+        raise
+    _finish(conn, schema, run_id, "done")
+    return outcome
+
+
+def cleanup_target(ctx: FleetContext | FleetConfig, target: str, dry: bool = False,
+                   log: Callable[[str], None] = lambda line: None, run_id: str | None = None,
+                   actor: str | None = None) -> CleanupPlan | CleanupResult:
+    """The dry run reads only, as the backup role; the cleanup writes, as roles.cleanup only.
+    Both are recorded in the audit schema; the cleanup's erasures in the ledger."""
+    ctx = _context(ctx)
+    cfg = ctx.config
     settings = gdpr_settings(cfg, target)
-    with _connect(cfg, target, "backup" if dry else "cleanup") as conn:
+    run_id, actor = run_id or uuid.uuid4().hex, actor or default_actor()
+    if dry:
+        with _connect(cfg, target, "backup") as conn:
+            plan = dry_run(conn, target, discover(conn, settings), settings.grace_days, settings.soft_delete_column)
+        _record_dry_run(cfg, target, settings, plan, run_id, actor)
+        return plan
+    with _connect(cfg, target, "cleanup") as conn:
         catalog = discover(conn, settings)
-        if dry:
-            return dry_run(conn, target, catalog, settings.grace_days, settings.soft_delete_column)
-        return run_cleanup(conn, target, catalog, settings, log=log)
+        _exclusive(conn, target)
+        ledger = LedgerWriter(ctx.store, target, ctx.write_key, ctx.read_keys)   # key and store checked first
+        audit.ensure_schema(conn, settings.audit_schema)
+        recorded = audit.last_ledger_seq(conn, settings.audit_schema, target)
+        if ledger.seq < recorded:
+            raise IntegrityError(
+                f"the erasure ledger of {target} ends at entry {ledger.seq}, but the audit trail in the database "
+                f"records entry {recorded}: its newest entries are missing from the store",
+                "restore them from the store's versions or a copy; cleanup does not erase anyone without a record")
+        (now,) = conn.execute("SELECT now()").fetchone()
+        audit.start_run(conn, settings.audit_schema, run_id, target, "cleanup", actor,
+                        now - timedelta(days=settings.grace_days), settings.grace_days, False)
+        journal = _RunJournal(ledger, settings.audit_schema, run_id)
+        return _guarded(conn, settings.audit_schema, run_id,
+                        lambda: run_cleanup(conn, target, catalog, settings, log=log, journal=journal))
+
+
+def _record_dry_run(cfg: FleetConfig, target: str, settings: GdprSettings, plan: CleanupPlan, run_id: str, actor: str) -> None:
+    """A dry run is audited too, through the cleanup role (the dry run's own session is read-only);
+    without a cleanup role it says it could not be."""
+    try:
+        dsn = cfg.dsn_for(target, "cleanup")
+    except ConfigError:
+        plan.notes.append("not recorded in the audit schema: the target has no roles.cleanup")
+        return
+    with _connect_dsn(cfg, dsn, f"target {target}") as conn:
+        audit.ensure_schema(conn, settings.audit_schema)
+        with conn.transaction():
+            audit.start_run(conn, settings.audit_schema, run_id, target, "cleanup", actor, plan.cutoff,
+                            plan.grace_days, True)
+            audit.count(conn, settings.audit_schema, run_id, Counter({(t.table, t.action): t.rows for t in plan.tables}))
+            audit.finish_run(conn, settings.audit_schema, run_id, "dry run")
+
+
+def ledger_of(ctx: FleetContext | FleetConfig, target: str, since: datetime | None = None) -> LedgerReading:
+    ctx = _context(ctx)
+    ctx.config.target(target)          # an unknown target is a config error, not an empty ledger
+    return read_ledger(ctx.store, ctx.read_keys, target, since)
+
+
+def reapply_target(ctx: FleetContext | FleetConfig, target: str, since: datetime | None, to_dsn: str | None = None,
+                   log: Callable[[str], None] = lambda line: None, actor: str | None = None) -> ReapplyResult:
+    """Re-apply the ledger entries from ``since`` (all without it) to the target's own database
+    (as roles.cleanup, recorded in its audit schema) or to ``to_dsn`` (a restored copy)."""
+    ctx = _context(ctx)
+    cfg = ctx.config
+    settings = gdpr_settings(cfg, target)
+    reading = read_ledger(ctx.store, ctx.read_keys, target, since)      # authenticated before anything changes
+    if not reading.entries:
+        return ReapplyResult(target, since)
+    if to_dsn is not None:
+        with _connect_dsn(cfg, to_dsn, "the restored database") as conn:
+            return reapply(conn, target, discover(conn, settings), settings, reading.entries, since, log)
+    run_id = uuid.uuid4().hex
+    with _connect(cfg, target, "cleanup") as conn:
+        catalog = discover(conn, settings)
+        _exclusive(conn, target)
+        audit.ensure_schema(conn, settings.audit_schema)
+        audit.start_run(conn, settings.audit_schema, run_id, target, "reapply", actor or default_actor(), since, None, False)
+
+        def work() -> ReapplyResult:
+            result = reapply(conn, target, catalog, settings, reading.entries, since, log)
+            audit.count(conn, settings.audit_schema, run_id, result.removed)
+            return result
+        return _guarded(conn, settings.audit_schema, run_id, work)
+
+
+def reapply_after_restore(ctx: FleetContext, manifest, to_dsn: str,
+                          log: Callable[[str], None] = lambda line: None) -> ReapplyResult | None:
+    """After a backup of ``manifest.target`` was restored into ``to_dsn``: erase again everyone
+    erased since the backup started (less a margin). None when the target keeps no ledger."""
+    target = manifest.target
+    settings = ctx.config.targets.get(target)
+    since = datetime.fromisoformat(manifest.started_at) - REAPPLY_MARGIN
+    if settings is None or settings.gdpr is None or not settings.gdpr.enabled:
+        reading = read_ledger(ctx.store, ctx.read_keys, target, since)
+        if reading.entries:
+            raise ConfigError(f"the erasure ledger of {target} holds {len(reading.entries)} entries newer than backup "
+                              f"{manifest.backup_id}, but {target} has no gdpr section to re-apply them with",
+                              f"restore the gdpr section of targets.{target} and run `dbops gdpr reapply {target} "
+                              f"--since {since.isoformat()} --to <the restored database>`")
+        return None
+    return reapply_target(ctx, target, since, to_dsn=to_dsn, log=log)
 
 
 def overdue_rows(cfg: FleetConfig, target: str) -> dict[str, int]:
@@ -64,4 +223,3 @@ def overdue_rows(cfg: FleetConfig, target: str) -> dict[str, int]:
                 age=sql.Literal(timedelta(days=settings.grace_days) + OVERDUE_AFTER))).fetchone()
             out[table.name] = n
         return out
-

@@ -26,6 +26,7 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class Finding:
     kind: str          # integrity | restore | missing_table | extra_table | row_count | checksum | schema | sanity | rto
+                       # | erasure_reapply
     severity: str      # error (verification fails) | warning (verified, but look at it)
     object: str        # what it is about: a table, a schema object, a query name, the backup
     message: str
@@ -64,6 +65,9 @@ class VerificationReport:
     # The same-server warning, when there is one. Not a finding: findings are evidence about the
     # backup, and this is about where it was checked; it never changes `passed` or `outcome`.
     server_notice: str | None = None
+    # The GDPR erasure ledger re-applied to the restored copy after the comparison (gdpr/reapply.py):
+    # what a real restore would also do. None when the target keeps no ledger.
+    erasures_reapplied: dict | None = None
 
     nonce: str = field(default_factory=lambda: secrets.token_hex(4))
 

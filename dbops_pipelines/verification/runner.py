@@ -16,6 +16,7 @@ from dbops_pipelines.context import FleetContext
 from dbops_pipelines.redact import redact
 from dbops_pipelines.errors import (DbopsError, EncryptionKeyError, IntegrityError, RestoreFailed, StorageError,
                                    VerificationNotRun)
+from dbops_pipelines.gdpr.service import reapply_after_restore
 from dbops_pipelines.restore import restore_backup
 from dbops_pipelines.table_selection import create_schemas
 from dbops_pipelines.verification.compare import compare_fingerprints, compare_tables, rto_finding
@@ -166,3 +167,24 @@ def _restore_and_compare(ctx: FleetContext, settings: VerificationSettings, mani
             report.sanity, sanity_findings = run_sanity_checks(conn, settings.sanity_checks, params)
             report.findings += sanity_findings
     report.findings += rto_finding(report.rto_seconds, settings.rto_objective_seconds)
+    _reapply_erasures(ctx, manifest, scratch, report, log)
+
+
+def _reapply_erasures(ctx: FleetContext, manifest, scratch: str, report: VerificationReport, log: Callable[[str], None]) -> None:
+    """After the exact comparison, the erasures recorded since the backup are re-applied to the
+    copy as a real restore does: proof that they can be. A failure is a warning, not an error:
+    the backup itself is sound, but restoring it would bring people back (docs/gdpr.md)."""
+    try:
+        result = reapply_after_restore(ctx, manifest, scratch, log=log)
+    except DbopsError as exc:
+        report.findings.append(Finding("erasure_reapply", "warning", manifest.target,
+                                       f"the erasure ledger could not be re-applied to the restored copy: {exc.message}"))
+        return
+    if result is None:
+        return
+    report.erasures_reapplied = result.to_dict()
+    log(result.summary())
+    if not result.complete:
+        report.findings.append(Finding("erasure_reapply", "warning", manifest.target,
+                                       f"{len(result.blocked)} erasure ledger entries could not be re-applied to the "
+                                       f"restored copy: {result.blocked[0]['why']}"))
