@@ -132,11 +132,9 @@ def cmd_restore(args) -> int:
     printer.done()
     print(f"restored {args.backup_id} into {redact(args.to)}: {human_bytes(result.raw_bytes)} in {result.seconds:.1f} s")
     try:
-        complete = _reapply_erasures(ctx, manifest, args.to)
-    except DbopsError:
-        _mask_copy(masking, args)   # the copy must not stay unmasked because re-applying erasures failed
-        raise
-    _mask_copy(masking, args)
+        complete = _reapply_erasures(ctx, manifest, args.to, partial=bool(args.table))
+    finally:
+        _mask_copy(masking, args)   # whatever happened to the erasures, the copy must not stay unmasked
     return 0 if complete else 1
 
 
@@ -150,11 +148,12 @@ def _mask_copy(masking: MaskJob | None, args) -> None:
     print(masked.summary())
 
 
-def _reapply_erasures(ctx: FleetContext, manifest, to_dsn: str) -> bool:
+def _reapply_erasures(ctx: FleetContext, manifest, to_dsn: str, partial: bool) -> bool:
     """Everyone erased since the backup was taken is erased again in the restored copy (the GDPR
     erasure ledger, docs/gdpr.md#after-a-restore). False when some erasure could not be."""
     try:
-        reapplied = reapply_after_restore(ctx, manifest, to_dsn, log=_warn)
+        reapplied = reapply_after_restore(ctx, manifest, to_dsn, log=lambda line: print(line, file=sys.stderr),
+                                          partial=partial)
     except DbopsError as exc:
         raise DbopsError(f"restored {manifest.backup_id}, but the erasures recorded since it was taken were NOT "
                          f"re-applied: {exc.message}",

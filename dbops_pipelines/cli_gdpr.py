@@ -74,9 +74,13 @@ def cmd_reapply(args) -> int:
 def print_reapply_problems(result) -> None:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    for b in result.blocked:
-        print(f"error: ledger entry {b['seq']} ({b['table']}, {b['people']} people) was NOT re-applied: {b['why']}\n"
-              "  what to do: see docs/gdpr.md#after-a-restore; the people it names are back in this database",
+    for b in result.blocked[:5]:
+        print(f"error: ledger entry {b['seq']} ({b['table']}, {b['people']} people) was NOT re-applied: {b['why']}",
+              file=sys.stderr)
+    if result.blocked:
+        more = len(result.blocked) - 5
+        print((f"error: and {more} more (--json lists them all)\n" if more > 0 else "")
+              + "  what to do: the people named are back in this database; see docs/gdpr.md#after-a-restore",
               file=sys.stderr)
 
 
@@ -84,13 +88,22 @@ def cmd_ledger(args) -> int:
     reading = ledger_of(load_config(args.config), args.target, args.since)
     if args.json:
         print(json.dumps({"target": args.target, "entries_total": reading.total, "checked": reading.checked,
+                          "void": sorted(reading.voided), "notes": reading.notes,
                           "entries": [e.summary() for e in reading.entries]}, indent=2))
         return 0
     print(f"erasure ledger of {args.target}: {reading.total} entries, the {len(reading.entries)} listed authenticated "
           "and chained")
+    void = reading.voided
     for e in reading.entries:
+        if e.kind == "outcome":
+            print(f"  {e.seq:>6}  {e.at:%Y-%m-%d %H:%M:%S}Z  outcome: "
+                  + (f"entries {', '.join(map(str, e.void))} did not commit" if e.void else "every batch before committed"))
+            continue
         rows = ", ".join(f"{t} {a} {n}" for t, acts in sorted(e.rows.items()) for a, n in sorted(acts.items()))
-        print(f"  {e.seq:>6}  {e.at:%Y-%m-%d %H:%M:%S}Z  run {e.run_id[:12]}  {e.table}: {len(e.keys)} people ({rows})")
+        print(f"  {e.seq:>6}  {e.at:%Y-%m-%d %H:%M:%S}Z  run {e.run_id[:12]}  {e.table}: {len(e.keys)} people ({rows})"
+              + ("  [did not commit: not re-applied]" if e.seq in void else ""))
+    for note in reading.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -331,6 +331,29 @@ class GdprSettings(_Strict):
         return v
 
 
+class WalSettings(_Strict):
+    """targets.<name>.wal: continuous WAL archiving and base backups of the target's *cluster*
+    (docs/pitr.md). Targets on one cluster share its archive, under wal/<cluster>/."""
+
+    enabled: bool = True
+    schedule: Cron = "0 1 * * 0"                  # base backups: weekly by default
+    timezone: Timezone = "UTC"
+    push_parallel: int = Field(4, ge=1, le=32)    # .ready segments one wal-push stores at once
+    prefetch: int = Field(8, ge=0, le=64)         # segments wal-fetch fetches ahead during recovery
+    # Where wal-push and wal-fetch keep their bookkeeping on the database host (segments already
+    # stored, segments fetched ahead). Losing it loses nothing: it is a cache of what the store
+    # holds. Never inside the data directory (base backups would copy it).
+    # Default: $TMPDIR/dbops-wal-<cluster>.
+    spool_dir: str | None = None
+    compression_level: int = Field(1, ge=1, le=19)    # zstd; WAL compresses well already at 1
+    retention: RetentionSettings | None = None    # base backups, key by key over defaults.backup.retention
+    # Archive health (findings and alerts): the newest archived segment older than this while WAL
+    # is being written, or more .ready files than this, or pg_wal larger than this.
+    max_archive_age_minutes: float = Field(15, gt=0)
+    max_ready_files: int = Field(32, ge=1)
+    max_pg_wal_bytes: int = Field(8 << 30, ge=1)
+
+
 class RoleSettings(_Strict):
     """PostgreSQL role per purpose, swapped into the target's DSN; the backup role is the DSN's own."""
 
@@ -357,7 +380,7 @@ class TargetSettings(_Strict):
     verification: VerificationSettings | None = None
     stats: StatsSettings | None = None
     gdpr: GdprSettings | None = None
-    wal: FeatureSettings | None = None
+    wal: WalSettings | None = None
     audit: FeatureSettings | None = None
 
 

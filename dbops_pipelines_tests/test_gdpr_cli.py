@@ -103,5 +103,5 @@ def test_a_kill_mid_run_leaves_finished_batches_done_and_the_next_run_finishes(w
     from dbops_pipelines.context import FleetContext
     from dbops_pipelines.gdpr.ledger import read_ledger
     ctx = FleetContext(load_config(path))
-    recorded = {int(k[0]) for e in read_ledger(ctx.store, ctx.read_keys, "app").entries for k in e.keys}
+    recorded = {int(k[0]) for e in read_ledger(ctx.store, ctx.read_keys, "app").erasures for k in e.keys}
     assert recorded == set(range(1, 60001))

@@ -75,7 +75,7 @@ def test_cleanup_writes_the_ledger_and_the_audit_trail(app, pg_cluster, fresh_db
     audit = rows(dsn, "SELECT kind, dry_run, outcome, actor, cutoff IS NOT NULL, ledger_seq FROM dbops_audit.gdpr_run "
                       "ORDER BY started_at")
     assert [a[:3] for a in audit] == [("cleanup", True, "dry run"), ("cleanup", False, "done")]
-    assert all("dbops cli" in a[3] and a[4] for a in audit) and audit[1][5] == 4
+    assert all("dbops cli" in a[3] and a[4] for a in audit) and audit[1][5] == 5     # 4 erasures, 1 outcome
     counted = dict(((t, a), n) for t, a, n in rows(
         dsn, "SELECT table_name, action, rows FROM dbops_audit.gdpr_run_table t JOIN dbops_audit.gdpr_run r "
              "USING (run_id) WHERE NOT r.dry_run"))
@@ -88,14 +88,15 @@ def test_cleanup_writes_the_ledger_and_the_audit_trail(app, pg_cluster, fresh_db
     code, out, err = run(capsys, "gdpr", "ledger", "app", "--json")
     assert code == 0, err
     listing = json.loads(out)
-    assert listing["entries_total"] == 4 and [e["people"] for e in listing["entries"]] == [1, 1, 1, 1]
+    assert listing["entries_total"] == 5 and [e.get("people") for e in listing["entries"]] == [1, 1, 1, 1, None]
+    assert listing["entries"][-1] == {**listing["entries"][-1], "kind": "outcome", "void": []}
     assert listing["entries"][0]["rows"] == {"public.people": {"delete": 1}, "public.orders": {"delete": 1},
                                              "public.invoices": {"anonymize": 1}}
     for key in ledger_objects(app):
         raw = app.store.get_bytes(key)
         assert b"public.people" not in raw and b"run_id" not in raw      # encrypted, not just signed
     keys = sorted(k for e in read_ledger(app.store, app.read_keys, "app").entries for k in e.keys)
-    assert keys == [["1"], ["2"], ["3"], ["4"]]
+    assert keys == [("1",), ("2",), ("3",), ("4",)]
 
 
 def test_restore_verification_and_reapply_erase_the_same_people_again(app, pg_cluster, fresh_db, capsys):
@@ -148,7 +149,7 @@ def test_a_tampered_ledger_is_refused_and_cleanup_stops(app, pg_cluster, fresh_d
     code, out, err = run(capsys, "gdpr", "cleanup", "app")
     assert code == 0, err
     objects = ledger_objects(app)
-    assert len(objects) == 4
+    assert len(objects) == 5                                     # 4 erasures and the run's outcome
     first, second, *_, newest = objects
 
     # Altered bytes do not authenticate.
@@ -236,3 +237,79 @@ def test_an_audit_schema_the_role_may_not_create_stops_the_run_with_the_sql_that
     assert pg_cluster.execute('SELECT outcome FROM "Ops ""Audit""".gdpr_run', dbname=fresh_db) == [("done",)]
     pg_cluster.execute(f'DROP SCHEMA "Ops ""Audit""" CASCADE; DROP OWNED BY {quoted_role}; DROP ROLE {quoted_role}',
                        dbname=fresh_db)
+
+
+def test_a_batch_refused_at_commit_is_voided_and_never_reapplied(app, pg_cluster, fresh_db, capsys):
+    # Person 1 cannot go: a deferred constraint trigger refuses at COMMIT, after the batch's
+    # ledger entry was stored. Support then undeletes them. A restore must not erase them.
+    pg_cluster.execute("""
+        CREATE FUNCTION keep_one() RETURNS trigger LANGUAGE plpgsql AS
+          $$BEGIN RAISE EXCEPTION 'kept' USING ERRCODE = 'integrity_constraint_violation'; END$$;
+        CREATE CONSTRAINT TRIGGER keep_one AFTER DELETE ON people DEFERRABLE INITIALLY DEFERRED
+          FOR EACH ROW WHEN (OLD.id = 1) EXECUTE FUNCTION keep_one();""", dbname=fresh_db)
+    manifest = fleet.backup_target(app, "app")
+    code, out, err = run(capsys, "gdpr", "cleanup", "app", "--json")
+    assert code == 0, err
+    assert json.loads(out)["blocked"]["public.people"][0]["key"] == ["1"]
+    reading = read_ledger(app.store, app.read_keys, "app")
+    tried = [e.seq for e in reading.entries if e.kind == "erasure" and e.keys == (("1",),)]
+    assert tried and reading.voided == set(tried)                   # every attempt on person 1 is void
+    assert sorted(k for e in reading.erasures for k in e.keys) == [("2",), ("3",), ("4",)]
+    pg_cluster.execute("UPDATE people SET deleted_at = NULL WHERE id = 1", dbname=fresh_db)   # undeleted
+    with scratch_database(pg_cluster, "restored") as db:
+        code, out, err = run(capsys, "restore", manifest.backup_id, "--to", pg_cluster.dsn(db))
+        assert code == 0, err
+        assert rows(pg_cluster.dsn(db), "SELECT id FROM people WHERE id <= 4") == [(1,)]
+
+
+def test_an_entry_whose_key_does_not_fit_the_copy_is_refused_not_guessed(app, pg_cluster, fresh_db, capsys):
+    from dbops_pipelines.gdpr.ledger import LedgerWriter
+    from datetime import datetime, timezone
+    writer = LedgerWriter(app.store, "app", app.write_key, app.read_keys)
+    # Written when people had a (tenant, id) key: "7" is a tenant, not person 7.
+    writer.append_erasure("r1", datetime.now(timezone.utc), "1", "public.people", ("tenant", "id"), ("integer", "integer"),
+                          [["7", "3"]], {"public.people": {"delete": 1}})
+    code, out, err = run(capsys, "gdpr", "reapply", "app", "--since", "2000-01-01", "--to", pg_cluster.dsn(fresh_db))
+    assert code == 1 and "cannot be told apart safely" in err, err
+    assert rows(pg_cluster.dsn(fresh_db), "SELECT count(*) FROM people") == [(10,)]
+
+
+def test_restore_notices_lost_newest_entries_and_tolerates_a_newer_config(app, pg_cluster, fresh_db, capsys, write_config):
+    manifest = fleet.backup_target(app, "app")
+    # After the backup: a new table that keeps rows (anonymized), configured from now on.
+    pg_cluster.execute("CREATE TABLE notes (id int PRIMARY KEY, person int REFERENCES people, body text);"
+                       "INSERT INTO notes SELECT g, g, 'note ' || g FROM generate_series(1, 10) g", dbname=fresh_db)
+    newer = {**GDPR, "tables": {**GDPR["tables"], "public.notes": {"action": "anonymize", "columns": {"body": None}}}}
+    write_config({"app": {"dsn": pg_cluster.dsn(fresh_db), "roles": {"cleanup": "postgres"}, "gdpr": newer}})
+    code, out, err = run(capsys, "gdpr", "cleanup", "app")
+    assert code == 0, err
+    with scratch_database(pg_cluster, "restored") as db:
+        code, out, err = run(capsys, "restore", manifest.backup_id, "--to", pg_cluster.dsn(db))
+        assert code == 0, err
+        assert "configured tables not in the restored copy, left out: public.notes" in err
+        assert rows(pg_cluster.dsn(db), "SELECT count(*) FROM people") == [(6,)]
+    app.store.delete(ledger_objects(app)[-1])             # the newest entry lost
+    with scratch_database(pg_cluster, "restored") as db:
+        code, out, err = run(capsys, "restore", manifest.backup_id, "--to", pg_cluster.dsn(db))
+        assert code == 1 and "NOT re-applied" in err and "newest entries are missing" in err, err
+
+
+def test_one_refused_person_does_not_bring_back_the_others(pg_cluster, fresh_db, write_config, monkeypatch, capsys):
+    monkeypatch.setenv("DBOPS_GDPR_HASH_KEY", SECRET)
+    pg_cluster.execute(SCHEMA, dbname=fresh_db)
+    ctx = FleetContext(load_config(write_config({"app": {"dsn": pg_cluster.dsn(fresh_db), "roles": {"cleanup": "postgres"},
+                                                         "gdpr": {**GDPR, "batch_size": 10}}})))
+    manifest = fleet.backup_target(ctx, "app")
+    assert run(capsys, "gdpr", "cleanup", "app")[0] == 0                 # one entry, four people
+    with scratch_database(pg_cluster, "copy") as db:
+        restore_backup(ctx.store, manifest, ctx.read_keys, pg_cluster.dsn(db))
+        # In this copy person 6 still points at person 2 through a key cleanup does not follow.
+        pg_cluster.execute("ALTER TABLE people ADD COLUMN referred_by int REFERENCES people;"
+                           "UPDATE people SET referred_by = 2 WHERE id = 6", dbname=db)
+        code, out, err = run(capsys, "gdpr", "reapply", "app", "--since", manifest.started_at, "--to",
+                             pg_cluster.dsn(db), "--json")
+        assert code == 1, err
+        result = json.loads(out)
+        assert [(b["keys"], b["people"]) for b in result["blocked"]] == [([["2"]], 1)]
+        assert "ForeignKeyViolation" in result["blocked"][0]["why"] and "@" not in out
+        assert rows(pg_cluster.dsn(db), "SELECT id FROM people WHERE id <= 4") == [(2,)]

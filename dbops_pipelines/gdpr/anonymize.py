@@ -18,17 +18,23 @@ TOKEN_HEX = 24        # 96 bits: no two people's values collide in practice; fit
 MIN_SECRET_BYTES = 16
 
 
+def secret_from_env(var: str, where_hint: str) -> bytes:
+    """The HMAC secret from $var, at least MIN_SECRET_BYTES long; ``where_hint`` tells where to
+    export it (cleanup and masking run in different places)."""
+    value = os.environ.get(var, "")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"the anonymization secret ${var} is "
+                          + ("not set" if not value else f"shorter than {MIN_SECRET_BYTES} bytes"), where_hint)
+    return value.encode()
+
+
 def hash_secret(settings: GdprSettings) -> bytes | None:
     """The HMAC secret when a configured column needs it (None otherwise); read once per run."""
     if not any(action == "hash" for t in settings.tables.values() for action in t.columns.values()):
         return None
-    value = os.environ.get(settings.hash_key_env, "")
-    if len(value.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"the anonymization secret ${settings.hash_key_env} is "
-                          + ("not set" if not value else f"shorter than {MIN_SECRET_BYTES} bytes"),
-                          f"export {settings.hash_key_env} (e.g. the output of `dbops keygen`) where cleanup runs; "
-                          "keep it as safe as the backup key: with it, a guessed value can be checked against a token")
-    return value.encode()
+    return secret_from_env(settings.hash_key_env,
+                           f"export {settings.hash_key_env} (e.g. the output of `dbops keygen`) where cleanup runs; "
+                           "keep it as safe as the backup key: with it, a guessed value can be checked against a token")
 
 
 def token(secret: bytes, value) -> str | None:

@@ -49,6 +49,17 @@ def ensure_schema(conn: psycopg.Connection, schema: str) -> None:
                           f"as the database owner: CREATE SCHEMA {sql.Identifier(schema).as_string(conn)} "
                           f"AUTHORIZATION {sql.Identifier(role).as_string(conn)}; "
                           "or set gdpr.audit_schema to a schema that role owns (docs/gdpr.md#audit-trail)") from None
+    # Made by someone else: the role must still be able to write to it, or the run would fail later.
+    row = conn.execute(
+        "SELECT has_schema_privilege(current_user, n.oid, 'USAGE') AND bool_and(has_table_privilege("
+        "current_user, c.oid, 'SELECT, INSERT, UPDATE')) FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+        "WHERE n.nspname = %s AND c.relname IN ('gdpr_run', 'gdpr_run_table') GROUP BY n.oid", (schema,)).fetchone()
+    if not row or not row[0]:
+        (role,) = conn.execute("SELECT current_user").fetchone()
+        s, r = sql.Identifier(schema).as_string(conn), sql.Identifier(role).as_string(conn)
+        raise ConfigError(f"role {role!r} may not write to the GDPR audit schema {schema!r}",
+                          f"as its owner: GRANT USAGE ON SCHEMA {s} TO {r}; "
+                          f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {s} TO {r}")
 
 
 def _t(schema: str, table: str) -> sql.Identifier:
@@ -57,8 +68,10 @@ def _t(schema: str, table: str) -> sql.Identifier:
 
 def start_run(conn: psycopg.Connection, schema: str, run_id: str, target: str, kind: str, actor: str,
               cutoff: datetime | None, grace_days: int | None, dry_run: bool) -> None:
+    # A Dagster run retried in place keeps its run id: the row is taken over, its counts kept.
     conn.execute(sql.SQL("INSERT INTO {} (run_id, target, kind, actor, cutoff, grace_days, dry_run) "
-                         "VALUES (%s, %s, %s, %s, %s, %s, %s)").format(_t(schema, "gdpr_run")),
+                         "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET "
+                         "outcome = 'running', finished_at = NULL, cutoff = excluded.cutoff").format(_t(schema, "gdpr_run")),
                  (run_id, target, kind, actor, cutoff, grace_days, dry_run))
 
 
@@ -75,9 +88,19 @@ def count(conn: psycopg.Connection, schema: str, run_id: str, done: Counter, led
                      (ledger_seq, run_id))
 
 
-def finish_run(conn: psycopg.Connection, schema: str, run_id: str, outcome: str) -> None:
-    conn.execute(sql.SQL("UPDATE {} SET finished_at = now(), outcome = %s WHERE run_id = %s").format(
-        _t(schema, "gdpr_run")), (outcome, run_id))
+def finish_run(conn: psycopg.Connection, schema: str, run_id: str, outcome: str, ledger_seq: int | None = None) -> None:
+    conn.execute(sql.SQL("UPDATE {} SET finished_at = now(), outcome = %s, ledger_seq = greatest(ledger_seq, %s) "
+                         "WHERE run_id = %s").format(_t(schema, "gdpr_run")), (outcome, ledger_seq, run_id))
+
+
+def recorded_ledger_seq(conn: psycopg.Connection, schema: str, target: str) -> int | None:
+    """The newest ledger entry the audit trail knows of, read by any role that may (the backup
+    role reads every table); None when there is no audit trail to read."""
+    try:
+        with conn.transaction():
+            return last_ledger_seq(conn, schema, target)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.InsufficientPrivilege):
+        return None
 
 
 def last_ledger_seq(conn: psycopg.Connection, schema: str, target: str) -> int:

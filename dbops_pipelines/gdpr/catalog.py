@@ -120,6 +120,11 @@ def _columns(conn: psycopg.Connection, oid: int) -> dict[str, str]:
     return dict(rows)
 
 
+def column_types(conn: psycopg.Connection, oid: int) -> dict[str, str]:
+    """Column name -> its type as format_type spells it (keys are cast back to these)."""
+    return _columns(conn, oid)
+
+
 def _is_timestamp(type_name: str | None) -> bool:
     return bool(type_name) and type_name.startswith("timestamp")
 

@@ -142,7 +142,7 @@ def erase_rows(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, set
 
 
 class Journal(Protocol):
-    def record(self, conn: psycopg.Connection, table: str, gone: list[list[str]], done: Counter) -> None:
+    def record(self, conn: psycopg.Connection, table: Table, gone: list[list[str]], done: Counter) -> None:
         """Called inside a batch's transaction, before it commits, with what it erased: a
         failure here rolls the batch back (nobody is erased without a record)."""
 
@@ -151,7 +151,7 @@ def _erase(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, setting
            keys: list[tuple], secret: bytes | None, journal: Journal | None) -> Counter:
     done, gone = erase_rows(conn, catalog, table, settings, cutoff, keys, secret)
     if journal is not None and sum(done.values()):
-        journal.record(conn, table.name, gone, done)
+        journal.record(conn, table, gone, done)
     return done
 
 
@@ -159,6 +159,10 @@ def why_not(exc: psycopg.Error) -> str:
     """A database refusal as it may be reported: its class, constraint and first line, never its
     DETAIL (which quotes key values: an e-mail address in a foreign key's DETAIL is personal data)."""
     diag = exc.diag
+    if not isinstance(exc, (psycopg.errors.IntegrityError, psycopg.errors.OperationalError)):
+        # A data error's first line quotes the value it could not take ("invalid input syntax for
+        # type integer: ..."): the class and the SQLSTATE only.
+        return f"{type(exc).__name__} (SQLSTATE {diag.sqlstate})"
     where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
     return f"{type(exc).__name__}{where}: {diag.message_primary or 'refused'}"
 

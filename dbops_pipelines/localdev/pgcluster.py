@@ -38,7 +38,12 @@ class LocalCluster:
 
     host = "127.0.0.1"
 
-    def __init__(self, base_dir: Path, port: int | None = None, fsync: bool = False):
+    def __init__(self, base_dir: Path, port: int | None = None, fsync: bool = False, extra_conf: str = "",
+                 env: dict[str, str] | None = None):
+        # extra_conf: more postgresql.conf lines (archive_mode, archive_command...), written on
+        # every start; env: extra environment of the server process (e.g. what archive_command needs).
+        self.extra_conf = extra_conf
+        self.env = dict(env or {})
         self.base_dir = Path(base_dir).resolve()
         self.data_dir = self.base_dir / "data"
         self.socket_dir = self.base_dir / "socket"
@@ -85,7 +90,7 @@ class LocalCluster:
         self._write_local_conf()
         result = self._run(
             "pg_ctl", "start", "-w", "-t", str(timeout),
-            "-D", str(self.data_dir), "-l", str(self.log_file),
+            "-D", str(self.data_dir), "-l", str(self.log_file), env=self.env,
         )
         if result.returncode != 0 or not self.is_running():
             raise ClusterStartError(
@@ -143,14 +148,14 @@ class LocalCluster:
                     "apt-get install postgresql-15 creates it"
                 ) from None
 
-    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+    def _run(self, tool: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         cmd = [str(self._binary(tool)), *args]
         if self._as_root:
             cmd = ["runuser", "-u", PG_OS_USER, "--", *cmd]
         # cwd=base_dir: the postgres user may not be allowed into the caller's cwd.
         return subprocess.run(
             cmd, cwd=self.base_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True,
+            stdin=subprocess.DEVNULL, text=True, env={**os.environ, **env} if env else None,
         )
 
     def _prepare_dirs(self) -> None:
@@ -186,6 +191,7 @@ unix_socket_directories = '{self.socket_dir}'
 shared_preload_libraries = 'pg_stat_statements'
 wal_level = replica
 fsync = {'on' if self.fsync else 'off'}
+{self.extra_conf}
 """
         path = self.data_dir / LOCAL_CONF
         path.write_text(conf)

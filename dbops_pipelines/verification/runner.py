@@ -180,6 +180,11 @@ def _reapply_erasures(ctx: FleetContext, manifest, scratch: str, report: Verific
         report.findings.append(Finding("erasure_reapply", "warning", manifest.target,
                                        f"the erasure ledger could not be re-applied to the restored copy: {exc.message}"))
         return
+    except psycopg.Error as exc:   # never its message: a data error quotes the value it choked on
+        report.findings.append(Finding("erasure_reapply", "warning", manifest.target,
+                                       "the erasure ledger could not be re-applied to the restored copy: "
+                                       f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"))
+        return
     if result is None:
         return
     report.erasures_reapplied = result.to_dict()
