@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 
-from dbops_pipelines import cli_gdpr, cli_stats, fleet
+from dbops_pipelines import cli_basebackup, cli_gdpr, cli_pitr, cli_stats, cli_wal, fleet
 from dbops_pipelines.cli_gdpr import print_reapply_problems
 from dbops_pipelines.alerts.board import BOARD_KEY, STALE_AFTER_INTERVALS, read_open_alerts
 from dbops_pipelines.backup.catalog import find_backup
@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_stats.add_parsers(sub)
     cli_gdpr.add_parsers(sub)
+    cli_wal.add_parsers(sub)
+    cli_basebackup.add_parsers(sub)
+    cli_pitr.add_parsers(sub)
 
     st = sub.add_parser("store", help="maintain the store").add_subparsers(dest="sub", required=True)
     mg = st.add_parser("migrate", help="move backups from the pre-0.2 layout (<target>/<id>/) under backups/")

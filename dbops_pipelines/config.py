@@ -80,6 +80,15 @@ class RetentionSettings(_Strict):
         return RetentionPolicy(**self.model_dump())
 
 
+class WalRetentionSettings(RetentionSettings):
+    """targets.<name>.wal.retention: base backups by the same GFS keys, or by count."""
+
+    keep_last: int | None = Field(None, ge=1)   # keep the newest N valid base backups (the GFS keys then do not apply)
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(**self.model_dump(exclude={"keep_last"}))
+
+
 class StorageSettings(_Strict):
     url: str = "file://./backups"
     s3_endpoint_url: str | None = None
@@ -343,10 +352,10 @@ class WalSettings(_Strict):
     # Where wal-push and wal-fetch keep their bookkeeping on the database host (segments already
     # stored, segments fetched ahead). Losing it loses nothing: it is a cache of what the store
     # holds. Never inside the data directory (base backups would copy it).
-    # Default: $TMPDIR/dbops-wal-<cluster>.
+    # Default: $TMPDIR/dbops-wal-<cluster>-<uid>/ (one folder per store location inside).
     spool_dir: str | None = None
     compression_level: int = Field(1, ge=1, le=19)    # zstd; WAL compresses well already at 1
-    retention: RetentionSettings | None = None    # base backups, key by key over defaults.backup.retention
+    retention: WalRetentionSettings | None = None    # base backups, key by key over defaults.backup.retention
     # Archive health (findings and alerts): the newest archived segment older than this while WAL
     # is being written, or more .ready files than this, or pg_wal larger than this.
     max_archive_age_minutes: float = Field(15, gt=0)

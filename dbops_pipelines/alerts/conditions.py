@@ -29,6 +29,9 @@ WHAT_TO_DO = {
                         "environment has the backup key and the database password.",
     "stats_stale": "No stats snapshot recently: check that the stats_snapshots schedule is running, the daemon is up, the last "
                    "stats runs succeeded and the metrics database is reachable; launch the stats_snapshots job now.",
+    "base_backup_stale": "No valid base backup recently: point-in-time recovery needs a recent one and WAL since it. Check "
+                         "that base_backup_<target>_schedule is running and its last runs succeeded; launch "
+                         "base_backup_<target> now (docs/pitr.md#in-dagster).",
 }
 
 

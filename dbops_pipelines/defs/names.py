@@ -34,11 +34,13 @@ RESTORE_VERIFICATION = "restore_verification"
 STATS = "stats"
 GDPR_CLEANUP = "gdpr_cleanup"
 STATS_REPORT = "stats_report"
+BASE_BACKUP = "base_backup"
 
 # Check names.
 STORED_BACKUP_INTEGRITY = "stored_backup_integrity"
 RESTORED_COPY_MATCHES = "restored_copy_matches"
 NO_OVERDUE_ROWS = "no_overdue_soft_deleted_rows"
+ARCHIVE_HEALTH = "archive_health"
 
 ALERT_SENSOR = "dbops_alerts"
 POOL_SENSOR = "dbops_pool_limits"

@@ -1,0 +1,312 @@
+"""Point-in-time recovery into a new data directory: pick the newest base backup before the target,
+restore it, configure recovery (restore_command = dbops wal-fetch, the recovery target), start a
+server on a port of its own, wait until recovery reaches the target, and report the exact point
+reached (LSN, last transaction time, timeline) and the RTO.
+
+It never touches the running cluster: the directory must be new or empty, the port free, the
+copy listens on 127.0.0.1 only, without a Unix socket, never connects to a primary, and has
+archive_mode off (a promoted copy must never push WAL into the production archive). Everything
+that can be checked before restoring is: a target before the oldest base backup, after the end
+of the archive, or with a gap in the WAL between the base backup and the archive's end, is an
+error before any byte is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+
+from dbops_pipelines.context import FleetContext
+from dbops_pipelines.errors import ConfigError, DbopsError
+from dbops_pipelines.pgtools import find_binary
+from dbops_pipelines.wal.basebackup import BaseBackupManifest, list_base_backups, restore_base_backup
+from dbops_pipelines.wal.naming import (DEFAULT_SEGMENT_SIZE, SEGMENT, Segment, cluster_prefix, format_lsn, parse_lsn,
+                                        parse_segment)
+
+ACTIONS = ("promote", "pause")
+CONF_FILE = "dbops_pitr.conf"
+
+
+class PitrFailed(DbopsError):
+    """The point-in-time restore did not reach its target."""
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    kind: str                 # time | xid | lsn | name | latest
+    value: str | None = None
+    action: str = "promote"
+
+    def describe(self) -> str:
+        return "the end of the archive" if self.kind == "latest" else f"{self.kind} {self.value}"
+
+    def settings(self) -> dict[str, str]:
+        out = {"recovery_target_timeline": "latest"}
+        if self.kind != "latest":
+            out[f"recovery_target_{self.kind}"] = self.value or ""
+            out["recovery_target_action"] = self.action
+            out["recovery_target_inclusive"] = "on"
+        return out
+
+
+def parse_target(to: str | None = None, xid: str | None = None, lsn: str | None = None, name: str | None = None,
+                 latest: bool = False, action: str = "promote") -> RecoveryTarget:
+    given = [(k, v) for k, v in (("time", to), ("xid", xid), ("lsn", lsn), ("name", name)) if v is not None]
+    if len(given) + bool(latest) != 1:
+        raise ConfigError("name exactly one recovery target", "use one of --to TIMESTAMP, --to-xid, --to-lsn, --to-name, --latest")
+    if action not in ACTIONS:
+        raise ConfigError(f"unknown --action {action!r}", "use promote or pause")
+    if latest:
+        return RecoveryTarget("latest", None, "promote")
+    kind, value = given[0]
+    if kind == "time":
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"{value!r} is not an ISO 8601 time", "e.g. --to 2026-11-24T14:05:00Z") from None
+        value = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat()
+    elif kind == "lsn":
+        try:
+            value = format_lsn(parse_lsn(value))
+        except ValueError as exc:
+            raise ConfigError(str(exc), "an LSN looks like 0/3000028 (pg_current_wal_lsn())") from None
+    elif kind == "xid" and not value.isdigit():
+        raise ConfigError(f"{value!r} is not a transaction id", "a number, e.g. --to-xid 7451")
+    elif kind == "name" and (not value or len(value) > 63):
+        raise ConfigError("a restore point name has 1 to 63 characters", "the name given to pg_create_restore_point()")
+    return RecoveryTarget(kind, value, action)
+
+
+@dataclass
+class PitrResult:
+    cluster: str
+    target: str                       # the recovery target, described
+    base_backup: str
+    data_dir: str
+    port: int
+    reached_lsn: str | None
+    last_transaction_at: str | None
+    timeline: int | None
+    state: str                        # promoted | paused
+    rto_seconds: float
+    restore_seconds: float
+    stop_command: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- before anything is restored -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArchivedSegment:
+    segment: Segment
+    stored_at: datetime
+
+
+def archived_segments(ctx: FleetContext, cluster: str) -> list[ArchivedSegment]:
+    root = cluster_prefix(cluster) + "archive/"
+    out = []
+    for info in ctx.store.list(root):
+        name = info.key.rsplit("/", 1)[-1].removesuffix(".zst.aes")
+        if SEGMENT.fullmatch(name):
+            out.append(ArchivedSegment(parse_segment(name), info.modified))
+    return sorted(out, key=lambda a: a.segment)
+
+
+def choose_base_backup(manifests: list[BaseBackupManifest], target: RecoveryTarget) -> BaseBackupManifest:
+    """The newest valid base backup that ends (is consistent) before the target."""
+    if not manifests:
+        raise PitrFailed("there is no valid base backup to start from", "take one: `dbops basebackup take TARGET`")
+    usable = sorted(manifests, key=lambda m: parse_lsn(m.stop_lsn), reverse=True)
+    if target.kind == "time":
+        when = datetime.fromisoformat(target.value)
+        usable = [m for m in usable if datetime.fromisoformat(m.stop_time) < when]
+    elif target.kind == "lsn":
+        usable = [m for m in usable if parse_lsn(m.stop_lsn) <= parse_lsn(target.value)]
+    if not usable:
+        oldest = min(manifests, key=lambda m: parse_lsn(m.stop_lsn))
+        raise PitrFailed(f"{target.describe()} is before the end of the oldest base backup ({oldest.backup_id}, "
+                         f"consistent from {oldest.stop_time}, LSN {oldest.stop_lsn})",
+                         "no point before that can be recovered: choose a later target")
+    return usable[0]
+
+
+def check_archive_reaches(base: BaseBackupManifest, segments: list[ArchivedSegment], target: RecoveryTarget) -> Segment:
+    """The archive holds every segment from the base backup's start to its newest on that
+    timeline, and (for time and LSN targets) reaches the target. Returns the newest segment."""
+    size = DEFAULT_SEGMENT_SIZE
+    first = Segment(base.timeline, parse_lsn(base.start_lsn) // size)
+    mine = [a for a in segments if a.segment.timeline == base.timeline and a.segment.number >= first.number]
+    have = {a.segment.number for a in mine}
+    # -X fetch base backups carry their own WAL up to stop_lsn: the archive must go on from there.
+    needed_from = parse_lsn(base.stop_lsn) // size
+    if not mine or max(have) < needed_from:
+        if target.kind != "latest" or not mine:
+            raise PitrFailed(f"the WAL archive has no segment after base backup {base.backup_id} (timeline "
+                             f"{base.timeline}, from {Segment(base.timeline, needed_from).name()})",
+                             "check archiving: `dbops wal verify TARGET`, pg_stat_archiver on the server")
+    newest = max(mine, key=lambda a: a.segment) if mine else None
+    missing = [n for n in range(needed_from, max(have) + 1) if n not in have] if mine else []
+    if missing:
+        raise PitrFailed(f"the WAL archive has a gap after base backup {base.backup_id}: segment "
+                         f"{Segment(base.timeline, missing[0]).name()} is missing"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                         "recovery cannot pass a gap: recover to a point before it, or take a new base backup after "
+                         "it; `dbops wal verify TARGET` lists every gap")
+    # The end of the archive counts later timelines too: recovery follows them (timeline 'latest').
+    later = [a for a in segments if a.segment.timeline >= base.timeline] or mine
+    end_lsn = max((a.segment.number + 1) * size for a in later)
+    last = max(later, key=lambda a: a.stored_at)
+    if target.kind == "lsn" and parse_lsn(target.value) >= end_lsn:
+        raise PitrFailed(f"LSN {target.value} is after the end of the WAL archive ({format_lsn(end_lsn)})",
+                         "choose an earlier target, or --latest for everything archived")
+    if target.kind == "time" and datetime.fromisoformat(target.value) > last.stored_at:
+        raise PitrFailed(f"{target.value} is after the newest archived WAL ({last.segment.name()}, stored "
+                         f"{last.stored_at.isoformat(timespec='seconds')})",
+                         "choose an earlier target, or --latest for everything archived; a segment is archived when "
+                         "it is full or archive_timeout passes")
+    return newest.segment
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+# --- the recovered server --------------------------------------------------------------------
+
+def _conf_value(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def recovery_settings(cluster: str, config_path: Path, port: int, target: RecoveryTarget) -> dict[str, str]:
+    """What the copy runs with, on top of the production configuration it was restored with.
+    The backup key is not among them: it reaches restore_command through the server's
+    environment, never a file."""
+    # cli_wal rather than the whole `dbops`: it starts several times faster, once per WAL file.
+    fetch = (f"DBOPS_CONFIG={shlex.quote(str(config_path))} {shlex.quote(sys.executable)} -m dbops_pipelines.cli_wal "
+             f"wal-fetch %f %p --cluster {shlex.quote(cluster)}")
+    return {"port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": "",
+            "archive_mode": "off", "primary_conninfo": "", "primary_slot_name": "", "hot_standby": "on",
+            "restore_command": fetch, **target.settings()}
+
+
+def _write_recovery(data_dir: Path, settings: dict[str, str]) -> None:
+    # postgresql.auto.conf is read last: these win over anything production set, ALTER SYSTEM included.
+    lines = ["", "# dbops pitr: recovery of this copy (docs/pitr.md)"]
+    lines += [f"{k} = {_conf_value(v)}" for k, v in settings.items()]
+    with open(data_dir / "postgresql.auto.conf", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    (data_dir / "recovery.signal").touch()
+    if os.geteuid() == 0:          # the files belong to the server's user, like the rest of the directory
+        owner = data_dir.stat()
+        for name in ("postgresql.auto.conf", "recovery.signal"):
+            os.chown(data_dir / name, owner.st_uid, owner.st_gid)
+
+
+def _as_owner(data_dir: Path, cmd: list[str]) -> list[str]:
+    """As root, run the server as the user who owns the data directory (restore gives it to postgres)."""
+    if os.geteuid() != 0:
+        return cmd
+    import pwd
+    return ["runuser", "-u", pwd.getpwuid(data_dir.stat().st_uid).pw_name, "--", *cmd]
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_for_target(port: int, target: RecoveryTarget, log_file: Path, server_alive: Callable[[], bool],
+                     timeout: float, log: Callable[[str], None]) -> tuple[str, str | None, str | None, int | None]:
+    """Poll the copy until recovery reached the target: promoted (out of recovery) or paused."""
+    dsn = f"host=127.0.0.1 port={port} dbname=postgres user=postgres connect_timeout=5"
+    deadline, last_note = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        if not server_alive():
+            raise PitrFailed(f"the recovered server stopped before reaching {target.describe()}. Its log:\n"
+                             f"{_log_tail(log_file)}",
+                             "if it says the recovery target was not reached, the archive does not hold it: choose an "
+                             "earlier target; the data directory is left for inspection")
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                in_recovery, paused, lsn, at, tli = conn.execute(
+                    "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, "
+                    "coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, pg_last_xact_replay_timestamp(), "
+                    "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
+                if not in_recovery:
+                    return "promoted", lsn, at.isoformat() if at else None, tli
+                if paused == "paused" and target.action == "pause":
+                    return "paused", lsn, at.isoformat() if at else None, tli
+                if time.monotonic() - last_note > 10:
+                    last_note = time.monotonic()
+                    log(f"recovering: replayed up to {lsn}" + (f" ({at.isoformat(timespec='seconds')})" if at else ""))
+        except psycopg.OperationalError:
+            pass                  # not accepting connections yet (before consistency)
+        time.sleep(0.5)
+    raise PitrFailed(f"recovery did not reach {target.describe()} within {timeout:.0f} s", "look at the server's log: "
+                     f"{log_file}; the server is left running for inspection")
+
+
+def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: RecoveryTarget, config_path: Path,
+         log: Callable[[str], None] = lambda line: None, timeout: float = 3600.0) -> PitrResult:
+    cfg = ctx.config
+    cluster = cfg.server_of(target_name)
+    into = Path(os.path.abspath(into))
+    if not _port_free(port):
+        raise ConfigError(f"port {port} is in use on 127.0.0.1", "choose a free port for the recovered copy")
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise ConfigError(f"{into} exists and is not an empty directory", "recover into a new directory; nothing was changed")
+    t0 = time.monotonic()
+    entries = [e.manifest for e in list_base_backups(ctx, cluster) if e.valid and e.manifest]
+    base = choose_base_backup(entries, target)
+    check_archive_reaches(base, archived_segments(ctx, cluster), target)
+    log(f"restoring base backup {base.backup_id} (consistent from {base.stop_time}) into {into}")
+    restored = restore_base_backup(ctx, base, into)
+    _write_recovery(into, recovery_settings(cluster, config_path.resolve(), port, target))
+    log_file = into / "dbops_pitr.log"
+    log_file.touch()
+    if os.geteuid() == 0:
+        os.chown(log_file, into.stat().st_uid, into.stat().st_gid)
+    pg_ctl = str(find_binary("pg_ctl", int(base.server_version.split(".")[0]), cfg.defaults.pg_bin_dir, error=PitrFailed))
+    started = subprocess.run(_as_owner(into, [pg_ctl, "start", "-D", str(into), "-l", str(log_file), "-W"]),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=str(into))
+    if started.returncode != 0:
+        raise PitrFailed(f"the recovered server did not start: {started.stdout.strip()}\n{_log_tail(log_file)}",
+                         f"fix the cause and start it with pg_ctl start -D {into}, or remove {into} and try again")
+    log(f"server started on 127.0.0.1:{port}; recovering to {target.describe()}")
+
+    seen = [False]
+    launched = time.monotonic()
+
+    def alive() -> bool:
+        # pg_ctl -W returns before the postmaster writes its pid file: not running yet is only
+        # "stopped" once it was seen running, or after a generous start-up allowance.
+        running = subprocess.run(_as_owner(into, [pg_ctl, "status", "-D", str(into)]), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL).returncode == 0
+        seen[0] = seen[0] or running
+        return running or (not seen[0] and time.monotonic() - launched < 30)
+
+    state, lsn, at, tli = _wait_for_target(port, target, log_file, alive, timeout, log)
+    return PitrResult(cluster=cluster, target=target.describe(), base_backup=base.backup_id, data_dir=str(into),
+                      port=port, reached_lsn=lsn, last_transaction_at=at, timeline=tli, state=state,
+                      rto_seconds=round(time.monotonic() - t0, 3), restore_seconds=round(restored.seconds, 3),
+                      stop_command=" ".join(_as_owner(into, [pg_ctl, "stop", "-D", str(into)])))
