@@ -4,6 +4,8 @@
     dbops basebackup list [TARGET | --cluster C] [--json]     newest first, with start/stop LSN
     dbops basebackup restore ID --into DIR [--no-verify] [--json]
     dbops basebackup verify DIR [--json]                      pg_verifybackup on a restored directory
+    dbops basebackup verify-restore TARGET [--backup ID] [--no-drill] [--json]
+                                                              restore, recover, pg_amcheck, PITR drill
 
 Exit codes as for every command (cli.py): 0 done; 1 failed (the message says what to do), or
 for `restore` and `verify`, pg_verifybackup found a problem; 2 bad usage. `restore` writes only
@@ -53,6 +55,17 @@ def add_parsers(sub) -> None:
     v.add_argument("data_dir", metavar="DIR")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+    vr = bs.add_parser("verify-restore", help="verify a base backup of TARGET's cluster: restore it into a scratch "
+                       "directory, recover to its consistent point, pg_verifybackup, pg_amcheck, row counts, and a PITR "
+                       "drill; the sealed report is kept in the store (exit 0 = verified)")
+    vr.add_argument("target")
+    vr.add_argument("--backup", metavar="ID", help="this base backup (default: the newest)")
+    vr.add_argument("--no-drill", action="store_true", help="skip the PITR drill (it writes two marker rows with the "
+                    "target's cleanup role)")
+    vr.add_argument("--timeout", type=float, default=3600, help="seconds to wait for each recovery (default 3600)")
+    vr.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    vr.set_defaults(func=cmd_verify_restore)
 
 
 def _printer(verb: str):
@@ -153,3 +166,21 @@ def _report_check(check, data_dir: Path) -> int:
     for line in check.messages:
         print(f"  {line}", file=sys.stderr)
     return 1
+
+
+def cmd_verify_restore(args) -> int:
+    from dbops_pipelines.config import config_path
+    from dbops_pipelines.wal.base_report import base_report_key
+    from dbops_pipelines.wal.verify_base import verify_base_backup
+
+    path = Path(args.config) if args.config else config_path()
+    ctx = FleetContext(load_config(path))
+    report = verify_base_backup(ctx, args.target, args.backup, drill=not args.no_drill, config_path=path,
+                                timeout=args.timeout, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    print(f"{'' if report.passed else 'error: '}{redact(report.summary())}\n  report: "
+          f"{ctx.storage_location(base_report_key(report))}", file=sys.stderr)
+    for note in report.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    return 0 if report.passed else 1

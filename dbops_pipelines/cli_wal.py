@@ -17,6 +17,10 @@ it treat a fetch as "not available"):
        the same name archived with different content (never overwritten)
     4  wal-push: the archive belongs to another cluster (system identifier or segment size)
     5  could not complete: store unreachable, key or config missing, local read or write failed
+  126  wal-fetch --strict: any failure but "not in the archive" (instead of 3, 4 or 5). PostgreSQL
+       reads 1-125 from restore_command as "not available", which ends recovery there (a recovery
+       to the latest point would open early, silently); above 125 it stops recovery (FATAL).
+       `dbops pitr` runs wal-fetch with --strict.
 
 Both commands are started by PostgreSQL once per file, so their cheap cases avoid loading the
 config: a cache in $TMPDIR/dbops-wal-resolve-<uid>/ maps (config file as it is now, working
@@ -46,6 +50,7 @@ EXIT_USAGE = 2
 EXIT_DAMAGED = 3
 EXIT_FOREIGN = 4
 EXIT_FAILED = 5
+EXIT_STRICT = 126       # wal-fetch --strict: PostgreSQL aborts recovery on a code above 125
 
 
 def add_parsers(sub) -> None:
@@ -59,11 +64,15 @@ def add_parsers(sub) -> None:
 
     f = sub.add_parser("wal-fetch", help="restore_command: write one archived WAL file (exit 1 if there is none)",
                        description="Run by PostgreSQL as restore_command = 'dbops wal-fetch %f %p --target T'. "
-                                   "Exit 0 written, 1 not in the archive (silently), 3 damaged, 5 failed. See docs/pitr.md.")
+                                   "Exit 0 written, 1 not in the archive (silently), 3 damaged, 5 failed "
+                                   "(126 with --strict). See docs/pitr.md.")
     f.add_argument("name", help="%%f: the WAL file's name")
     f.add_argument("path", help="%%p: where to write it")
     _selector(f)
     f.add_argument("--verbose", "-v", action="store_true", help="say where the file came from on stderr")
+    f.add_argument("--strict", action="store_true",
+                   help=f"exit {EXIT_STRICT} on any failure but 'not in the archive' (damage, store unreachable, key or "
+                        "config missing or unreadable), so that PostgreSQL stops recovery instead of ending it there")
     f.set_defaults(func=cmd_wal_fetch)
 
     w = sub.add_parser("wal", help="inspect the WAL archive").add_subparsers(dest="sub", required=True)
@@ -254,7 +263,12 @@ def cmd_wal_fetch(args) -> int:
             print(f"{args.name}: {'fetched from the store' if found else 'not in the archive'}", file=sys.stderr)
         return EXIT_OK if found else EXIT_MISSING
 
-    return _guarded(run)
+    code = _guarded(run)
+    if getattr(args, "strict", False) and code not in (EXIT_OK, EXIT_MISSING):
+        print(f"  --strict: exit {EXIT_STRICT} (not {code}) so that PostgreSQL stops recovery instead of treating "
+              f"{args.name} as not available", file=sys.stderr)
+        return EXIT_STRICT
+    return code
 
 
 def cmd_wal_verify(args) -> int:

@@ -319,6 +319,9 @@ class GdprSettings(_Strict):
     batch_size: int = Field(1000, ge=1, le=100_000)
     lock_timeout_seconds: float = Field(1, ge=0.01)
     statement_timeout_seconds: float = Field(30, ge=0.01)
+    # A pause after each batch, leaving the server to live traffic: fewer rows/s, lower latency
+    # for the application (docs/gdpr.md#benchmark).
+    pause_between_batches_seconds: float = Field(0, ge=0, le=60)
     hash_key_env: str = "DBOPS_GDPR_HASH_KEY"   # the HMAC secret's variable; never the secret itself
     # The ops schema in the target database where every run is recorded (gdpr/audit.py).
     audit_schema: str = Field("dbops_audit", min_length=1, max_length=63)
@@ -569,7 +572,12 @@ def load_config_snapshot(path: str | Path | None = None) -> tuple[FleetConfig, s
             f"config file {path} not found",
             "create it (see docs/configuration.md) or point DBOPS_CONFIG at it",
         )
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}",
+                          "the OS user running dbops (for wal-push and wal-fetch: the server's OS user, e.g. postgres) "
+                          "must be able to read it: check its owner and mode and those of its directories") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

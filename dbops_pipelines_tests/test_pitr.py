@@ -5,86 +5,25 @@ Targets outside the archive, and a gap in it, fail before anything is restored."
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import pwd
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dbops_pipelines.cli import main
-from dbops_pipelines.config import load_config
-from dbops_pipelines.context import FleetContext
 from dbops_pipelines.localdev.pgcluster import PG_OS_USER, LocalCluster
 from dbops_pipelines.localdev.ports import free_port
 from dbops_pipelines.wal.basebackup import take_base_backup
 from dbops_pipelines.wal.naming import archive_key
-
-KEY_ENV = "DBOPS_TEST_PITR_KEY"
-AS_ROOT = os.geteuid() == 0
-
-
-def _for_server(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    if AS_ROOT:
-        pg = pwd.getpwnam(PG_OS_USER)
-        os.chown(path, pg.pw_uid, pg.pw_gid)
-    return path
-
-
-class World:
-    def __init__(self, base: Path):
-        self.base = base
-        self.key = base64.b64encode(os.urandom(32)).decode()
-
-    def ctx(self) -> FleetContext:
-        return FleetContext(load_config(self.config_path))
-
-    def sql(self, query: str):
-        return self.cluster.execute(query, dbname="app")
-
-    def switch_and_wait(self, timeout: float = 60) -> None:
-        last = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
-        self.sql("SELECT pg_switch_wal()")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            archived = self.cluster.execute("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-            if archived and archived >= last:
-                return
-            time.sleep(0.2)
-        pytest.fail(f"{last} not archived: {self.cluster.log_file.read_text()[-2000:]}")
+from dbops_pipelines_tests.walserver import AS_ROOT, archiving_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    base = tmp_path_factory.mktemp("pitr")
-    w = World(base)
-    store = _for_server(base / "store")
-    spool = _for_server(base / "server-tmp")
-    conf = base / "conf"
-    conf.mkdir(mode=0o755)
-    w.cluster = LocalCluster(base / "pg")
-    w.config_path = conf / "dbops.yaml"
-    w.config_path.write_text(yaml.safe_dump({
-        "storage": {"url": f"file://{store}"}, "encryption": {"key_env": KEY_ENV},
-        "targets": {"app": {"dsn": w.cluster.dsn("app"), "wal": {"prefetch": 4}}}}))
-    os.chmod(w.config_path, 0o644)
-    w.cluster.extra_conf = "\n".join([
-        "archive_mode = on",
-        f"archive_command = '{sys.executable} -m dbops_pipelines.cli_wal wal-push %p --target app'"])
-    w.cluster.env = {"DBOPS_CONFIG": str(w.config_path), KEY_ENV: w.key, "TMPDIR": str(spool)}
-    w.cluster.start()
-    w.cluster.create_database("app")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(KEY_ENV, w.key)
-        mp.setenv("DBOPS_CONFIG", str(w.config_path))
-        mp.setenv("TMPDIR", str(_for_server(base / "fetch-tmp")))     # the recovered server's spool
+    # The archiving cluster and its config: walserver.py (shared with test_verify_base.py).
+    with archiving_world(tmp_path_factory.mktemp("pitr")) as w:
         # The story: a base backup, then rows "a", a restore point, a moment, then rows "b".
         w.sql("CREATE TABLE events (id int PRIMARY KEY, tag text)")
         # The server archives first, so the archive's folders in this file store are its own
@@ -100,7 +39,6 @@ def world(tmp_path_factory):
         w.sql("INSERT INTO events SELECT g, 'b' FROM generate_series(101, 150) g")
         w.switch_and_wait()
         yield w
-    w.cluster.stop()
 
 
 def _pitr(world, capsys, *target):
@@ -159,3 +97,22 @@ def test_a_gap_in_the_archive_is_reported_before_restoring(world, capsys):
         assert code == 1 and f"segment {victim} is missing" in err and not into.exists(), err
     finally:
         ctx.store.put_bytes(key, saved)
+
+
+def test_a_damaged_segment_never_lets_latest_open_early_and_report_success(world, capsys):
+    ctx = world.ctx()
+    cluster = ctx.config.server_of("app")
+    world.sql("INSERT INTO events VALUES (2000, 'd')")
+    world.switch_and_wait()
+    from dbops_pipelines.wal.naming import parse_lsn, segment_of
+    victim = segment_of(parse_lsn(world.backup.stop_lsn), world.backup.timeline).next().name()
+    key = archive_key(cluster, victim)
+    saved = ctx.store.get_bytes(key)
+    ctx.store.put_bytes(key, saved[:-40] + bytes(b ^ 0xFF for b in saved[-40:]), overwrite=True)
+    try:
+        code, out, err, into, _ = _pitr(world, capsys, "--latest")
+        assert code == 1 and "Traceback" not in err, err
+        assert "stopped" in err, err                    # recovery stopped, or did not reach the end
+    finally:
+        ctx.store.put_bytes(key, saved, overwrite=True)
+        _stop(into)

@@ -100,7 +100,8 @@ def rows_of(fragment: str) -> list[list[str]]:
 
 
 def negatives(fragment: str) -> list[str]:
-    return [c for c in cells(fragment) if re.search(r"(^|\s)[-−]\s?\d", c)]
+    # A cell that *is* a negative number: a statement's text may well contain " - 1".
+    return [c for c in cells(fragment) if re.match(r"\s*[-−]\s?\d", c)]
 
 
 A_QUERY = "SELECT * FROM orders WHERE id = $1"

@@ -13,6 +13,7 @@ progress; what stays locked to the end is reported, never waited for.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,9 +108,11 @@ def _anonymize(conn: psycopg.Connection, catalog: GdprCatalog, name: str, kept: 
 
 def _lock(conn: psycopg.Connection, table: Table, settings: GdprSettings, cutoff: datetime,
           where: sql.Composable, limit: int) -> list[tuple]:
+    # ORDER BY the table's columns (qualified): unqualified, it would sort the *output* columns,
+    # the keys cast to text (a full sort spilling to disk, and an order that disagrees with `after`).
     return conn.execute(sql.SQL(
-        "SELECT {text} FROM {t} WHERE {col} < {cutoff} {where} ORDER BY {pk} LIMIT {n} FOR UPDATE SKIP LOCKED").format(
-        text=_key_text(table), pk=cols(table.primary_key), t=ident(table.name),
+        "SELECT {text} FROM {t} AS r WHERE {col} < {cutoff} {where} ORDER BY {pk} LIMIT {n} FOR UPDATE SKIP LOCKED").format(
+        text=_key_text(table), pk=sql.SQL(", ").join(sql.Identifier("r", c) for c in table.primary_key), t=ident(table.name),
         col=sql.Identifier(settings.soft_delete_column), cutoff=sql.Literal(cutoff), where=where,
         n=sql.Literal(limit))).fetchall()
 
@@ -129,8 +132,8 @@ def erase_rows(conn: psycopg.Connection, catalog: GdprCatalog, table: Table, set
                 done[(child, "anonymize")] += _anonymize(conn, catalog, child, kept, secret)
         for child in catalog.deletion_order()[:-1]:             # children first, the subject last
             doomed = [w for fk, w in ways.get(child, []) if link_action(catalog, fk) == "delete"]
-            if doomed:
-                cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=ident(child), w=sql.SQL(" OR ").join(doomed)))
+            for w in doomed:        # one statement per key: an OR of them defeats every index
+                cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {w}").format(t=ident(child), w=w))
                 done[(child, "delete")] += cur.rowcount
     # The grace predicate again, at delete time: a row undeleted since it was chosen stays.
     grace = sql.SQL("") if cutoff is None else sql.SQL("AND {col} < {cutoff}").format(
@@ -225,6 +228,8 @@ def run_cleanup(conn: psycopg.Connection, target: str, catalog: GdprCatalog, set
             after = None
             while (after := _batch(conn, catalog, table, settings, result.cutoff, after, result, secret, journal)) is not None:
                 log(f"{table.name}: {result.removed[(table.name, 'delete')]} rows removed so far")
+                if settings.pause_between_batches_seconds:     # leaves the server to live traffic
+                    time.sleep(settings.pause_between_batches_seconds)
         if sum(result.removed.values()) == before:
             break          # a pass that removed nothing: what is left is held by others (or nothing is)
     for table in catalog.soft_deletable:

@@ -14,6 +14,29 @@ from dbops_pipelines.storage.base import BackupStore, ObjectInfo
 PARTIAL_SUFFIX = ".partial"
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make ``path``'s entries (names created, linked, renamed or removed in it) durable: without
+    it a crash of the store's host can lose a file whose put returned, and wal-push's exit 0
+    lets PostgreSQL recycle the segment."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs_durably(folder: Path) -> None:
+    """mkdir -p ``folder``, then fsync the parent of each directory it created (outermost first)."""
+    created = []
+    d = folder
+    while not d.exists() and d.parent != d:
+        created.append(d)
+        d = d.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in reversed(created):
+        _fsync_dir(d.parent)
+
+
 class LocalStore(BackupStore):
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -32,7 +55,7 @@ class LocalStore(BackupStore):
         if not overwrite and final.exists():
             raise ObjectExists(f"{self.location(key)} already exists; nothing was written", "this is never overwritten: investigate who wrote it")
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            _makedirs_durably(final.parent)
         except OSError as exc:
             raise StorageError(f"cannot create {final.parent}: {exc}", "check the path and its permissions") from None
         # Written under a temporary name and published only when complete and synced, so a
@@ -51,6 +74,8 @@ class LocalStore(BackupStore):
                 # link() fails if the name exists: create-only even against a concurrent writer.
                 os.link(tmp, final)
                 tmp.unlink()
+            # The new name (and the temporary one's removal) durable before the put returns.
+            _fsync_dir(final.parent)
         except FileExistsError:
             tmp.unlink(missing_ok=True)
             raise ObjectExists(f"{self.location(key)} already exists; nothing was written", "this is never overwritten: investigate who wrote it") from None

@@ -29,6 +29,7 @@ import psycopg
 from dbops_pipelines.context import FleetContext
 from dbops_pipelines.errors import ConfigError, DbopsError
 from dbops_pipelines.pgtools import find_binary
+from dbops_pipelines.wal.archive.identity import read_archive_info
 from dbops_pipelines.wal.basebackup import BaseBackupManifest, list_base_backups, restore_base_backup
 from dbops_pipelines.wal.naming import (DEFAULT_SEGMENT_SIZE, SEGMENT, Segment, cluster_prefix, format_lsn, parse_lsn,
                                         parse_segment)
@@ -114,13 +115,23 @@ class ArchivedSegment:
     stored_at: datetime
 
 
-def archived_segments(ctx: FleetContext, cluster: str) -> list[ArchivedSegment]:
+def archive_segment_size(ctx: FleetContext, cluster: str) -> int:
+    """The archive's WAL segment size, as its archive.info (authenticated) records it."""
+    info = read_archive_info(ctx.store, ctx.read_keys, cluster)
+    if info is None:
+        raise PitrFailed(f"the WAL archive of {cluster} is empty (no archive.info)",
+                         "set archive_command to `dbops wal-push %p ...` (docs/pitr.md#wal-archiving) and check "
+                         "pg_stat_archiver")
+    return int(info["wal_segment_size"])
+
+
+def archived_segments(ctx: FleetContext, cluster: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[ArchivedSegment]:
     root = cluster_prefix(cluster) + "archive/"
     out = []
     for info in ctx.store.list(root):
         name = info.key.rsplit("/", 1)[-1].removesuffix(".zst.aes")
         if SEGMENT.fullmatch(name):
-            out.append(ArchivedSegment(parse_segment(name), info.modified))
+            out.append(ArchivedSegment(parse_segment(name, segment_size), info.modified))
     return sorted(out, key=lambda a: a.segment)
 
 
@@ -142,10 +153,10 @@ def choose_base_backup(manifests: list[BaseBackupManifest], target: RecoveryTarg
     return usable[0]
 
 
-def check_archive_reaches(base: BaseBackupManifest, segments: list[ArchivedSegment], target: RecoveryTarget) -> Segment:
+def check_archive_reaches(base: BaseBackupManifest, segments: list[ArchivedSegment], target: RecoveryTarget,
+                          size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
     """The archive holds every segment from the base backup's start to its newest on that
     timeline, and (for time and LSN targets) reaches the target. Returns the newest segment."""
-    size = DEFAULT_SEGMENT_SIZE
     first = Segment(base.timeline, parse_lsn(base.start_lsn) // size)
     mine = [a for a in segments if a.segment.timeline == base.timeline and a.segment.number >= first.number]
     have = {a.segment.number for a in mine}
@@ -154,13 +165,13 @@ def check_archive_reaches(base: BaseBackupManifest, segments: list[ArchivedSegme
     if not mine or max(have) < needed_from:
         if target.kind != "latest" or not mine:
             raise PitrFailed(f"the WAL archive has no segment after base backup {base.backup_id} (timeline "
-                             f"{base.timeline}, from {Segment(base.timeline, needed_from).name()})",
+                             f"{base.timeline}, from {Segment(base.timeline, needed_from).name(size)})",
                              "check archiving: `dbops wal verify TARGET`, pg_stat_archiver on the server")
     newest = max(mine, key=lambda a: a.segment) if mine else None
     missing = [n for n in range(needed_from, max(have) + 1) if n not in have] if mine else []
     if missing:
         raise PitrFailed(f"the WAL archive has a gap after base backup {base.backup_id}: segment "
-                         f"{Segment(base.timeline, missing[0]).name()} is missing"
+                         f"{Segment(base.timeline, missing[0]).name(size)} is missing"
                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
                          "recovery cannot pass a gap: recover to a point before it, or take a new base backup after "
                          "it; `dbops wal verify TARGET` lists every gap")
@@ -172,11 +183,11 @@ def check_archive_reaches(base: BaseBackupManifest, segments: list[ArchivedSegme
         raise PitrFailed(f"LSN {target.value} is after the end of the WAL archive ({format_lsn(end_lsn)})",
                          "choose an earlier target, or --latest for everything archived")
     if target.kind == "time" and datetime.fromisoformat(target.value) > last.stored_at:
-        raise PitrFailed(f"{target.value} is after the newest archived WAL ({last.segment.name()}, stored "
+        raise PitrFailed(f"{target.value} is after the newest archived WAL ({last.segment.name(size)}, stored "
                          f"{last.stored_at.isoformat(timespec='seconds')})",
                          "choose an earlier target, or --latest for everything archived; a segment is archived when "
                          "it is full or archive_timeout passes")
-    return newest.segment
+    return max(later, key=lambda a: (a.segment.timeline, a.segment.number)).segment
 
 
 def _port_free(port: int) -> bool:
@@ -191,7 +202,12 @@ def _port_free(port: int) -> bool:
 # --- the recovered server --------------------------------------------------------------------
 
 def _conf_value(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    # postgresql.conf strings: quotes doubled, and backslashes, which its parser reads as escapes.
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _literal_percent(text: str) -> str:
+    return text.replace("%", "%%")      # restore_command substitutes %f, %p, %r: any other % must be doubled
 
 
 def recovery_settings(cluster: str, config_path: Path, port: int, target: RecoveryTarget) -> dict[str, str]:
@@ -199,10 +215,16 @@ def recovery_settings(cluster: str, config_path: Path, port: int, target: Recove
     The backup key is not among them: it reaches restore_command through the server's
     environment, never a file."""
     # cli_wal rather than the whole `dbops`: it starts several times faster, once per WAL file.
-    fetch = (f"DBOPS_CONFIG={shlex.quote(str(config_path))} {shlex.quote(sys.executable)} -m dbops_pipelines.cli_wal "
-             f"wal-fetch %f %p --cluster {shlex.quote(cluster)}")
+    # --strict: any failure but "not in the archive" exits above 125, which makes PostgreSQL stop
+    # recovery instead of taking it for the end of the archive (and opening early, silently).
+    fetch = (f"DBOPS_CONFIG={_literal_percent(shlex.quote(str(config_path)))} "
+             f"{_literal_percent(shlex.quote(sys.executable))} -m dbops_pipelines.cli_wal "
+             f"wal-fetch %f %p --strict --cluster {_literal_percent(shlex.quote(cluster))}")
     return {"port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": "",
             "archive_mode": "off", "primary_conninfo": "", "primary_slot_name": "", "hot_standby": "on",
+            # Production's commands and connections must not run from the copy.
+            "archive_cleanup_command": "", "recovery_end_command": "", "max_logical_replication_workers": "0",
+            "synchronous_standby_names": "", "external_pid_file": "", "log_directory": "log", "huge_pages": "off",
             "restore_command": fetch, **target.settings()}
 
 
@@ -213,6 +235,9 @@ def _write_recovery(data_dir: Path, settings: dict[str, str]) -> None:
     with open(data_dir / "postgresql.auto.conf", "a") as fh:
         fh.write("\n".join(lines) + "\n")
     (data_dir / "recovery.signal").touch()
+    # A base backup taken on a standby carries standby.signal: with it the copy would stay a
+    # standby for ever instead of recovering to the target.
+    (data_dir / "standby.signal").unlink(missing_ok=True)
     if os.geteuid() == 0:          # the files belong to the server's user, like the rest of the directory
         owner = data_dir.stat()
         for name in ("postgresql.auto.conf", "recovery.signal"):
@@ -247,8 +272,10 @@ def _wait_for_target(port: int, target: RecoveryTarget, log_file: Path, server_a
                              "earlier target; the data directory is left for inspection")
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
+                pause_state = ("pg_get_wal_replay_pause_state()" if conn.info.server_version >= 140000 else
+                               "CASE WHEN pg_is_wal_replay_paused() THEN 'paused' ELSE 'not paused' END")    # 13
                 in_recovery, paused, lsn, at, tli = conn.execute(
-                    "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END, "
+                    f"SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {pause_state} END, "
                     "coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, pg_last_xact_replay_timestamp(), "
                     "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
                 if not in_recovery:
@@ -277,9 +304,15 @@ def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: Rec
     t0 = time.monotonic()
     entries = [e.manifest for e in list_base_backups(ctx, cluster) if e.valid and e.manifest]
     base = choose_base_backup(entries, target)
-    check_archive_reaches(base, archived_segments(ctx, cluster), target)
+    size = archive_segment_size(ctx, cluster)
+    newest = check_archive_reaches(base, archived_segments(ctx, cluster, size), target, size)
     log(f"restoring base backup {base.backup_id} (consistent from {base.stop_time}) into {into}")
     restored = restore_base_backup(ctx, base, into)
+    if not (into / "postgresql.conf").exists():
+        raise PitrFailed(f"the base backup has no postgresql.conf (the server keeps its configuration outside the data "
+                         f"directory, as Debian's /etc/postgresql does); {into} holds the restored files, not started",
+                         f"copy the server's postgresql.conf and pg_hba.conf into {into}, then run `dbops pitr` again "
+                         "into a new directory, or start it by hand with the recovery settings of docs/pitr.md")
     _write_recovery(into, recovery_settings(cluster, config_path.resolve(), port, target))
     log_file = into / "dbops_pitr.log"
     log_file.touch()
@@ -306,6 +339,12 @@ def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: Rec
         return running or (not seen[0] and time.monotonic() - launched < 30)
 
     state, lsn, at, tli = _wait_for_target(port, target, log_file, alive, timeout, log)
+    if target.kind == "latest" and parse_lsn(lsn) < newest.number * size:
+        # Recovery ended before the archive's newest segment: something after it could not be
+        # read. The copy is open, but it is not "the end of the archive".
+        raise PitrFailed(f"recovery stopped at {lsn}, before the archive's newest segment {newest.name(size)}: WAL after "
+                         f"that point could not be replayed. The copy on 127.0.0.1:{port} is open but incomplete. Its log:\n"
+                         f"{_log_tail(log_file)}", "run `dbops wal verify TARGET` to find the damaged or missing segment")
     return PitrResult(cluster=cluster, target=target.describe(), base_backup=base.backup_id, data_dir=str(into),
                       port=port, reached_lsn=lsn, last_transaction_at=at, timeline=tli, state=state,
                       rto_seconds=round(time.monotonic() - t0, 3), restore_seconds=round(restored.seconds, 3),

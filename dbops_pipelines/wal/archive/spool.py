@@ -83,6 +83,22 @@ def default_spool_root(cluster: str) -> Path:
     return Path(tempfile.gettempdir()) / f"dbops-wal-{safe}-{os.geteuid()}"
 
 
+def store_identity(store: BackupStore, cluster: str) -> str:
+    """What tells this cluster's archive apart from any other: its location and, for S3, the
+    endpoint and region, which ``location()`` omits. Two endpoints with the same bucket are two
+    stores: sharing a spool, wal-push would answer "already pushed" after a switch of
+    storage.s3_endpoint_url for segments the new store never received."""
+    ident = store.location(cluster_prefix(cluster))
+    endpoint = getattr(store, "endpoint_url", None)
+    client_meta = getattr(getattr(store, "client", None), "meta", None)
+    region = getattr(store, "region", None) or getattr(client_meta, "region_name", None)
+    endpoint = endpoint if isinstance(endpoint, str) else None
+    region = region if isinstance(region, str) else None
+    if endpoint is None and region is None:
+        return ident   # a local store: its path says it all (and the spools of earlier versions stay valid)
+    return "\0".join([ident, f"endpoint={endpoint or ''}", f"region={region or ''}"])
+
+
 class Spool:
     """Bookkeeping of one cluster's archive on this host (see the package docstring)."""
 
@@ -98,7 +114,7 @@ class Spool:
             if real == data or data in real.parents:
                 raise ConfigError(f"the WAL spool {root} is inside the data directory {data_dir}",
                                   "set targets.<name>.wal.spool_dir to a directory outside it (base backups copy the data directory)")
-        tag = hashlib.sha256(store.location(cluster_prefix(cluster)).encode()).hexdigest()[:12]
+        tag = hashlib.sha256(store_identity(store, cluster).encode()).hexdigest()[:12]
         private_dir(root)
         return cls(private_dir(root / tag))
 
