@@ -32,6 +32,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--action", choices=ACTIONS, default="promote",
                    help="at the target: promote (open for writes; default) or pause (read-only, to inspect)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for recovery (default 3600)")
+    p.add_argument("--base-backup", metavar="ID", help="start from this base backup (default: the newest before the "
+                   "target; name an older one for a restore point or transaction id before the newest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pitr)
 
@@ -41,7 +43,8 @@ def cmd_pitr(args) -> int:
     target = parse_target(args.to, args.to_xid, args.to_lsn, args.to_name, args.latest, args.action)
     ctx = FleetContext(load_config(path))
     result = pitr(ctx, args.target, Path(args.into), args.port, target, path,
-                  log=lambda line: print(line, file=sys.stderr, flush=True), timeout=args.timeout)
+                  log=lambda line: print(line, file=sys.stderr, flush=True), timeout=args.timeout,
+                  backup_id=args.base_backup)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

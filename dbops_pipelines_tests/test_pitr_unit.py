@@ -75,3 +75,10 @@ def test_bad_targets_are_config_errors(kwargs, problem):
 
 def test_a_time_without_zone_is_utc():
     assert parse_target(to="2026-11-24T14:05:00").value == "2026-11-24T14:05:00+00:00"
+
+
+def test_a_named_base_backup_is_used_and_an_unknown_one_refused():
+    old, new = Base("old", 2, 1), Base("new", 10, 30)
+    assert choose_base_backup([old, new], parse_target(name="before_migration"), "old").backup_id == "old"
+    with pytest.raises(PitrFailed, match="not a valid base backup"):
+        choose_base_backup([old, new], parse_target(latest=True), "nope")

@@ -115,14 +115,14 @@ class ArchivedSegment:
     stored_at: datetime
 
 
-def archive_segment_size(ctx: FleetContext, cluster: str) -> int:
-    """The archive's WAL segment size, as its archive.info (authenticated) records it."""
+def archive_info(ctx: FleetContext, cluster: str) -> dict:
+    """The archive's archive.info (authenticated): the owning system identifier, the segment size."""
     info = read_archive_info(ctx.store, ctx.read_keys, cluster)
     if info is None:
         raise PitrFailed(f"the WAL archive of {cluster} is empty (no archive.info)",
                          "set archive_command to `dbops wal-push %p ...` (docs/pitr.md#wal-archiving) and check "
                          "pg_stat_archiver")
-    return int(info["wal_segment_size"])
+    return info
 
 
 def archived_segments(ctx: FleetContext, cluster: str, segment_size: int = DEFAULT_SEGMENT_SIZE) -> list[ArchivedSegment]:
@@ -135,8 +135,16 @@ def archived_segments(ctx: FleetContext, cluster: str, segment_size: int = DEFAU
     return sorted(out, key=lambda a: a.segment)
 
 
-def choose_base_backup(manifests: list[BaseBackupManifest], target: RecoveryTarget) -> BaseBackupManifest:
-    """The newest valid base backup that ends (is consistent) before the target."""
+def choose_base_backup(manifests: list[BaseBackupManifest], target: RecoveryTarget,
+                       backup_id: str | None = None) -> BaseBackupManifest:
+    """The newest valid base backup that ends (is consistent) before the target, or the one named
+    (a restore point or a transaction id cannot be placed in time: name an older one if needed)."""
+    if backup_id:
+        named = [m for m in manifests if m.backup_id == backup_id]
+        if not named:
+            raise PitrFailed(f"base backup {backup_id} is not a valid base backup of this cluster's archive",
+                             "see `dbops basebackup list TARGET`")
+        manifests = named
     if not manifests:
         raise PitrFailed("there is no valid base backup to start from", "take one: `dbops basebackup take TARGET`")
     usable = sorted(manifests, key=lambda m: parse_lsn(m.stop_lsn), reverse=True)
@@ -293,7 +301,8 @@ def _wait_for_target(port: int, target: RecoveryTarget, log_file: Path, server_a
 
 
 def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: RecoveryTarget, config_path: Path,
-         log: Callable[[str], None] = lambda line: None, timeout: float = 3600.0) -> PitrResult:
+         log: Callable[[str], None] = lambda line: None, timeout: float = 3600.0,
+         backup_id: str | None = None) -> PitrResult:
     cfg = ctx.config
     cluster = cfg.server_of(target_name)
     into = Path(os.path.abspath(into))
@@ -302,9 +311,13 @@ def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: Rec
     if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise ConfigError(f"{into} exists and is not an empty directory", "recover into a new directory; nothing was changed")
     t0 = time.monotonic()
-    entries = [e.manifest for e in list_base_backups(ctx, cluster) if e.valid and e.manifest]
-    base = choose_base_backup(entries, target)
-    size = archive_segment_size(ctx, cluster)
+    info = archive_info(ctx, cluster)
+    size = int(info["wal_segment_size"])
+    # Only base backups of the cluster that owns the archive: after a re-initdb under the same
+    # name, the old cluster's WAL cannot replay on the new one's backups (or the other way round).
+    entries = [e.manifest for e in list_base_backups(ctx, cluster)
+               if e.valid and e.manifest and str(e.manifest.system_identifier) == str(info.get("system_identifier"))]
+    base = choose_base_backup(entries, target, backup_id)
     newest = check_archive_reaches(base, archived_segments(ctx, cluster, size), target, size)
     log(f"restoring base backup {base.backup_id} (consistent from {base.stop_time}) into {into}")
     restored = restore_base_backup(ctx, base, into)
