@@ -82,3 +82,19 @@ def test_a_named_base_backup_is_used_and_an_unknown_one_refused():
     assert choose_base_backup([old, new], parse_target(name="before_migration"), "old").backup_id == "old"
     with pytest.raises(PitrFailed, match="not a valid base backup"):
         choose_base_backup([old, new], parse_target(latest=True), "nope")
+
+
+def test_the_copy_gets_its_own_socket_and_rules_ahead_of_production_ones(tmp_path):
+    from dbops_pipelines.wal.pitr import _private_socket, recovery_settings
+    (tmp_path / "pg_hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
+    socket_dir = _private_socket(tmp_path)
+    try:
+        rules = (socket_dir / "pg_hba.conf").read_text().splitlines()
+        assert [r for r in rules if not r.startswith("#")] == ["local all all trust", "host all all 127.0.0.1/32 scram-sha-256"]
+        assert oct(socket_dir.stat().st_mode & 0o777) == "0o700" and len(str(socket_dir)) < 80
+        settings = recovery_settings("c", tmp_path / "dbops.yaml", 5440, parse_target(latest=True), socket_dir)
+        assert settings["unix_socket_directories"] == str(socket_dir)
+        assert settings["hba_file"] == str(socket_dir / "pg_hba.conf") and settings["listen_addresses"] == "127.0.0.1"
+    finally:
+        import shutil
+        shutil.rmtree(socket_dir)

@@ -4,7 +4,7 @@ server on a port of its own, wait until recovery reaches the target, and report 
 reached (LSN, last transaction time, timeline) and the RTO.
 
 It never touches the running cluster: the directory must be new or empty, the port free, the
-copy listens on 127.0.0.1 only, without a Unix socket, never connects to a primary, and has
+copy listens on 127.0.0.1 and a private socket only, never connects to a primary, and has
 archive_mode off (a promoted copy must never push WAL into the production archive). Everything
 that can be checked before restoring is: a target before the oldest base backup, after the end
 of the archive, or with a gap in the WAL between the base backup and the archive's end, is an
@@ -18,6 +18,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -218,7 +219,8 @@ def _literal_percent(text: str) -> str:
     return text.replace("%", "%%")      # restore_command substitutes %f, %p, %r: any other % must be doubled
 
 
-def recovery_settings(cluster: str, config_path: Path, port: int, target: RecoveryTarget) -> dict[str, str]:
+def recovery_settings(cluster: str, config_path: Path, port: int, target: RecoveryTarget,
+                      socket_dir: Path | None = None) -> dict[str, str]:
     """What the copy runs with, on top of the production configuration it was restored with.
     The backup key is not among them: it reaches restore_command through the server's
     environment, never a file."""
@@ -228,7 +230,9 @@ def recovery_settings(cluster: str, config_path: Path, port: int, target: Recove
     fetch = (f"DBOPS_CONFIG={_literal_percent(shlex.quote(str(config_path)))} "
              f"{_literal_percent(shlex.quote(sys.executable))} -m dbops_pipelines.cli_wal "
              f"wal-fetch %f %p --strict --cluster {_literal_percent(shlex.quote(cluster))}")
-    return {"port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": "",
+    local = {"unix_socket_directories": str(socket_dir), "hba_file": str(socket_dir / "pg_hba.conf")} if socket_dir else \
+        {"unix_socket_directories": ""}
+    return {"port": str(port), "listen_addresses": "127.0.0.1", **local,
             "archive_mode": "off", "primary_conninfo": "", "primary_slot_name": "", "hot_standby": "on",
             # Production's commands and connections must not run from the copy.
             "archive_cleanup_command": "", "recovery_end_command": "", "max_logical_replication_workers": "0",
@@ -267,10 +271,47 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _private_socket(into: Path) -> Path:
+    """A private (0700) directory for the copy's Unix socket and its pg_hba.conf: `local` trust
+    first (only the server's OS user and root can reach the socket), then production's own
+    rules for 127.0.0.1, so dbops can watch the copy whatever production's password rules are.
+    Beside the data directory (removed with it), or in the temporary directory when that path is
+    too long: a socket path has about 100 characters at most."""
+    beside = into.parent / f".{into.name}.socket"
+    if len(str(beside)) < 80 and not beside.exists():
+        beside.mkdir(mode=0o700)
+        socket_dir = beside
+    else:
+        socket_dir = Path(tempfile.mkdtemp(prefix="dbops-pitr-"))
+    rules = "# dbops pitr: the copy's own rules (docs/pitr.md)\nlocal all all trust\n"
+    production = into / "pg_hba.conf"
+    if production.exists():
+        rules += production.read_text(errors="replace")
+    (socket_dir / "pg_hba.conf").write_text(rules)
+    if os.geteuid() == 0:
+        st = into.stat()
+        for path in (socket_dir, socket_dir / "pg_hba.conf"):
+            os.chown(path, st.st_uid, st.st_gid)
+    return socket_dir
+
+
+def _superuser_guess(into: Path) -> list[str]:
+    """Roles to try: the OS user that owns the data directory (initdb's default), then postgres."""
+    import pwd
+    try:
+        owner = pwd.getpwuid(into.stat().st_uid).pw_name
+    except KeyError:
+        return ["postgres"]
+    return list(dict.fromkeys([owner, "postgres"]))
+
+
 def _wait_for_target(port: int, target: RecoveryTarget, log_file: Path, server_alive: Callable[[], bool],
-                     timeout: float, log: Callable[[str], None]) -> tuple[str, str | None, str | None, int | None]:
+                     timeout: float, log: Callable[[str], None], socket_dir: Path | None = None,
+                     users: list[str] | None = None) -> tuple[str, str | None, str | None, int | None]:
     """Poll the copy until recovery reached the target: promoted (out of recovery) or paused."""
-    dsn = f"host=127.0.0.1 port={port} dbname=postgres user=postgres connect_timeout=5"
+    host = str(socket_dir) if socket_dir else "127.0.0.1"
+    users = users or ["postgres"]
+    attempt = 0
     deadline, last_note = time.monotonic() + timeout, 0.0
     while time.monotonic() < deadline:
         if not server_alive():
@@ -278,6 +319,8 @@ def _wait_for_target(port: int, target: RecoveryTarget, log_file: Path, server_a
                              f"{_log_tail(log_file)}",
                              "if it says the recovery target was not reached, the archive does not hold it: choose an "
                              "earlier target; the data directory is left for inspection")
+        dsn = f"host={host} port={port} dbname=postgres user={users[attempt % len(users)]} connect_timeout=5"
+        attempt += 1
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 pause_state = ("pg_get_wal_replay_pause_state()" if conn.info.server_version >= 140000 else
@@ -326,7 +369,8 @@ def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: Rec
                          f"directory, as Debian's /etc/postgresql does); {into} holds the restored files, not started",
                          f"copy the server's postgresql.conf and pg_hba.conf into {into}, then run `dbops pitr` again "
                          "into a new directory, or start it by hand with the recovery settings of docs/pitr.md")
-    _write_recovery(into, recovery_settings(cluster, config_path.resolve(), port, target))
+    socket_dir = _private_socket(into)
+    _write_recovery(into, recovery_settings(cluster, config_path.resolve(), port, target, socket_dir))
     log_file = into / "dbops_pitr.log"
     log_file.touch()
     if os.geteuid() == 0:
@@ -351,7 +395,7 @@ def pitr(ctx: FleetContext, target_name: str, into: Path, port: int, target: Rec
         seen[0] = seen[0] or running
         return running or (not seen[0] and time.monotonic() - launched < 30)
 
-    state, lsn, at, tli = _wait_for_target(port, target, log_file, alive, timeout, log)
+    state, lsn, at, tli = _wait_for_target(port, target, log_file, alive, timeout, log, socket_dir, _superuser_guess(into))
     if target.kind == "latest" and parse_lsn(lsn) < newest.number * size:
         # Recovery ended before the archive's newest segment: something after it could not be
         # read. The copy is open, but it is not "the end of the archive".
