@@ -85,7 +85,7 @@ def test_a_named_base_backup_is_used_and_an_unknown_one_refused():
 
 
 def test_the_copy_gets_its_own_socket_and_rules_ahead_of_production_ones(tmp_path):
-    from dbops_pipelines.wal.pitr import _private_socket, recovery_settings
+    from dbops_pipelines.wal.pitr import private_socket as _private_socket, recovery_settings
     (tmp_path / "pg_hba.conf").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
     socket_dir = _private_socket(tmp_path)
     try:

@@ -68,7 +68,7 @@ from dbops_pipelines.wal.basebackup import (BaseBackupEntry, list_base_backups, 
 from dbops_pipelines.wal.basebackup.manifest import cluster_safe
 from dbops_pipelines.wal.basebackup.restore import PG_OS_USER
 from dbops_pipelines.wal.naming import SEGMENT
-from dbops_pipelines.wal.pitr import RecoveryTarget, _as_owner, _log_tail, _write_recovery, pitr
+from dbops_pipelines.wal.pitr import RecoveryTarget, as_owner as _as_owner, log_tail as _log_tail, write_recovery as _write_recovery, pitr
 
 SUPERUSER = "postgres"          # the role the copies are read as (as `dbops pitr` does)
 DRILL_TABLE = "pitr_drill"
