@@ -1,48 +1,5 @@
-"""Retention of one cluster's base backups and WAL archive (docs/pitr.md#retention). No Dagster.
-
-``plan_wal_retention`` is pure (no I/O): given the base backups as ``list_base_backups`` lists
-them, the archive's objects as the store lists them, a policy and ``now``, it decides what goes.
-``apply_wal_retention`` lists, plans and (unless ``dry_run``) deletes.
-
-Base backups
-    Kept by the logical backups' grandfather-father-son policy (backup.retention.plan_retention,
-    the same rules: the newest valid backup of each of the N most recent days/weeks/months that
-    have one, nothing younger than ``min_age_days``, the newest valid one always, backups being
-    written or dated in the future kept), by their start time; or by count (``keep_last``: the
-    newest N valid base backups, ``min_age_days`` still a floor). Incomplete leftovers of dead
-    writers go once older than ``min_age_days``.
-
-WAL
-    Kept from the segment holding the start LSN of the oldest kept base backup onward, on every
-    timeline; everything at an earlier position goes. "Oldest" means the smallest start position
-    among the kept valid base backups (the oldest by time, except after a point-in-time restore
-    rewound the cluster onto a new timeline at an earlier position, when position is what
-    counts). Recovery from a base backup never reads WAL before its start position, on its own
-    timeline or on any other, so a segment of an older timeline that precedes that position is
-    not needed either. Timeline history files (``*.history``) are always kept: they are tiny
-    and recovery needs them to follow timelines. Backup-history (``.backup``) and ``.partial``
-    files go with the segment they belong to. The cut-off segment itself is kept.
-
-Data safety first
-    * Any base backup whose state is unknown (a manifest that does not authenticate, a missing
-      or resized data object), a valid one whose start segment cannot be established, one that
-      belongs to another cluster than the archive (system identifier), or an ``archive.info``
-      that cannot be trusted stops retention for the cluster: nothing at all is deleted
-      (``plan.blocked`` says why). Someone has to look.
-    * With no valid base backup, no WAL is deleted: it may be all that is left.
-    * The newest valid base backup is always kept, hence its WAL too (the cut-off is at or
-      before its start).
-    * Objects of the archive that are not WAL files dbops wrote are never deleted.
-
-Applying
-    Base backups first, each manifest first, then its data object, then its lease (what
-    ``backup.catalog.delete_backup`` does for logical backups): an interrupted delete leaves an
-    incomplete backup, never one listed as valid with its data gone. Then the WAL, oldest first,
-    so an interrupted run leaves the archive a contiguous range with no hole in the middle. The
-    WAL is deleted only when every planned base backup deletion succeeded: a base backup kept by
-    accident must not lose its WAL. The first failure stops the run; the outcome says what was
-    done and what failed.
-"""
+"""The policy, the archive's objects as WAL files and the pure planner ``plan_wal_retention`` (no
+I/O) of WAL retention; see the package docstring (dbops_pipelines.wal.retention)."""
 
 from __future__ import annotations
 
@@ -52,7 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dbops_pipelines.backup.catalog import LEFTOVER_AGE, VALID
+from dbops_pipelines.backup.catalog import VALID
 from dbops_pipelines.backup.retention import (
     DELETE_NOT_NEEDED,
     KEEP_BLOCKED,
@@ -61,7 +18,6 @@ from dbops_pipelines.backup.retention import (
     RetentionPolicy,
     plan_retention,
 )
-from dbops_pipelines.errors import DbopsError, StorageError
 from dbops_pipelines.wal.naming import (
     BACKUP_HISTORY,
     HISTORY,
@@ -75,7 +31,6 @@ from dbops_pipelines.wal.naming import (
 
 if TYPE_CHECKING:
     from dbops_pipelines.config import FleetConfig
-    from dbops_pipelines.context import FleetContext
     from dbops_pipelines.storage.base import ObjectInfo
 
 OBJECT_SUFFIX = ".zst.aes"   # archive objects: <name>.zst.aes (wal.archive's objects)
@@ -386,103 +341,3 @@ def plan_wal_retention(entries: Iterable[_Entry], archived_objects: Iterable[Obj
     note = (f"the oldest kept base backup {cutoff_id} starts in {cutoff}: WAL from there on (every timeline) is kept; "
             f"{KEEP_HISTORY}")
     return WalRetentionPlan(cluster, pol, tuple(decisions), starts, (), cutoff, cutoff_id, delete, keep, tuple(other), note)
-
-
-# --- applying it ------------------------------------------------------------------------------
-
-@dataclass
-class WalRetentionOutcome:
-    plan: WalRetentionPlan
-    dry_run: bool
-    deleted_backups: list[str] = field(default_factory=list)
-    deleted_wal: list[str] = field(default_factory=list)
-    deleted_wal_bytes: int = 0
-    swept: list[str] = field(default_factory=list)
-    failed: str | None = None                 # the first failure, which stopped the run
-
-    @property
-    def blocked(self) -> tuple[str, ...]:
-        return self.plan.blocked
-
-    @property
-    def ok(self) -> bool:
-        return not (self.blocked or self.failed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.plan.to_dict(), "dry_run": self.dry_run, "deleted_backups": self.deleted_backups,
-                "deleted_wal_count": len(self.deleted_wal), "deleted_wal_bytes": self.deleted_wal_bytes,
-                "deleted_wal_first": self.deleted_wal[0] if self.deleted_wal else None,
-                "deleted_wal_last": self.deleted_wal[-1] if self.deleted_wal else None,
-                "swept": self.swept, "failed": self.failed, "ok": self.ok}
-
-
-def _archive_info(ctx: FleetContext, cluster: str) -> tuple[int | None, str | None, list[str]]:
-    """Segment size and system identifier from archive.info; a reason to stop if it cannot be trusted."""
-    from dbops_pipelines.wal.archive.identity import info_key, read_archive_info
-
-    try:
-        info = read_archive_info(ctx.store, ctx.read_keys, cluster)
-    except StorageError:
-        raise
-    except DbopsError as exc:
-        return None, None, [f"{ctx.store.location(info_key(cluster))} cannot be trusted: {exc.message}"]
-    if info is None:
-        return None, None, []
-    try:
-        return int(info["wal_segment_size"]), str(info["system_identifier"]), []
-    except (KeyError, TypeError, ValueError):
-        return None, None, [f"{ctx.store.location(info_key(cluster))} lacks the segment size or system identifier"]
-
-
-def _delete_order(key: str) -> int:
-    from dbops_pipelines.wal.basebackup import DATA_NAME, MANIFEST_NAME
-
-    leaf = key.rsplit("/", 1)[-1]
-    return 0 if leaf == MANIFEST_NAME else 1 if leaf == DATA_NAME else 2
-
-
-def apply_wal_retention(ctx: FleetContext, cluster: str, dry_run: bool = False, now: datetime | None = None,
-                        policy: WalRetentionPolicy | RetentionPolicy | None = None) -> WalRetentionOutcome:
-    """List, plan and (unless ``dry_run``) delete. A blocked plan deletes nothing; the first failed
-    delete stops the run (``outcome.failed``), with what was deleted before it in the outcome.
-    Errors of the store while listing propagate: then nothing was deleted."""
-    from dbops_pipelines.wal.basebackup import list_base_backups
-
-    now = now or datetime.now(timezone.utc)
-    policy = policy if policy is not None else wal_retention_policy(ctx.config, cluster)
-    entries = list_base_backups(ctx, cluster, now)
-    listing = ctx.store.list(f"{cluster_prefix(cluster)}archive/")
-    segment_size, sysid, problems = _archive_info(ctx, cluster)
-    plan = plan_wal_retention(entries, listing, policy, now, cluster=cluster, segment_size=segment_size,
-                              system_identifier=sysid, blocked_by=problems)
-    outcome = WalRetentionOutcome(plan, dry_run)
-    if dry_run or plan.blocked:
-        return outcome
-    by_id = {e.backup_id: e for e in entries}
-    for decision in plan.base_to_delete:
-        entry = by_id[decision.backup_id]
-        for key in sorted(entry.keys, key=_delete_order):   # manifest first: never valid with its data gone
-            try:
-                ctx.store.delete(key)
-            except Exception as exc:  # noqa: BLE001 - stop and report what was done
-                outcome.failed = (f"deleting {ctx.store.location(key)} of base backup {entry.backup_id} failed: "
-                                  f"{getattr(exc, 'message', None) or exc}; no WAL was deleted")
-                return outcome
-        outcome.deleted_backups.append(entry.backup_id)
-    for obj in plan.wal_delete:   # oldest first: an interrupted run leaves no hole in the middle
-        try:
-            ctx.store.delete(obj.key)
-        except Exception as exc:  # noqa: BLE001
-            outcome.failed = (f"deleting WAL {obj.name} ({ctx.store.location(obj.key)}) failed: "
-                              f"{getattr(exc, 'message', None) or exc}; it and the newer ones planned were left")
-            return outcome
-        outcome.deleted_wal.append(obj.name)
-        outcome.deleted_wal_bytes += obj.size
-    outcome.swept = ctx.store.sweep_leftovers(cluster_prefix(cluster), LEFTOVER_AGE)
-    return outcome
-
-
-__all__ = [
-    "WalObject", "WalRetentionOutcome", "WalRetentionPlan", "WalRetentionPolicy", "apply_wal_retention", "classify",
-    "plan_wal_retention", "start_segment", "wal_retention_policy",
-]
