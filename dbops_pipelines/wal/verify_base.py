@@ -68,6 +68,7 @@ from dbops_pipelines.wal.basebackup import (BaseBackupEntry, list_base_backups, 
 from dbops_pipelines.wal.basebackup.manifest import cluster_safe
 from dbops_pipelines.wal.basebackup.restore import PG_OS_USER
 from dbops_pipelines.wal.naming import SEGMENT
+from dbops_pipelines.wal.pitr.server import socket_dir_for
 from dbops_pipelines.wal.pitr import RecoveryTarget, as_owner as _as_owner, log_tail as _log_tail, write_recovery as _write_recovery, pitr
 
 SUPERUSER = "postgres"          # the role the copies are read as (as `dbops pitr` does)
@@ -390,6 +391,7 @@ def verify_base_backup(ctx: FleetContext, target: str, backup_id: str | None = N
     finally:
         for name in ("drill", "base"):
             _stop_server(pg_ctl, scratch / name)
+        shutil.rmtree(socket_dir_for(scratch / "drill"), ignore_errors=True)   # the drill copy's socket (pitr)
         shutil.rmtree(scratch, ignore_errors=True)
     # Evidence for every conclusion, pass or fail; an interrupted run raises past this and records nothing.
     save_base_report(ctx.store, report, seal_key)

@@ -3,10 +3,11 @@ watching it until recovery reaches the target."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
+import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,18 +77,23 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def socket_dir_for(into: Path) -> Path:
+    """Where the copy in ``into`` keeps its socket: beside the data directory, or, when that path
+    is too long for a socket (about 100 characters at most), a short one in /tmp named after it."""
+    beside = into.parent / f".{into.name}.socket"
+    if len(str(beside)) < 80:
+        return beside
+    return Path("/tmp") / f"dbops-pitr-{hashlib.sha256(str(into).encode()).hexdigest()[:12]}"
+
+
 def private_socket(into: Path) -> Path:
     """A private (0700) directory for the copy's Unix socket and its pg_hba.conf: `local` trust
     first (only the server's OS user and root can reach the socket), then production's own
     rules for 127.0.0.1, so dbops can watch the copy whatever production's password rules are.
-    Beside the data directory (removed with it), or in the temporary directory when that path is
-    too long: a socket path has about 100 characters at most."""
-    beside = into.parent / f".{into.name}.socket"
-    if len(str(beside)) < 80 and not beside.exists():
-        beside.mkdir(mode=0o700)
-        socket_dir = beside
-    else:
-        socket_dir = Path(tempfile.mkdtemp(prefix="dbops-pitr-"))
+    ``into`` is new or empty, so a directory left by an earlier attempt at it is stale."""
+    socket_dir = socket_dir_for(into)
+    shutil.rmtree(socket_dir, ignore_errors=True)
+    socket_dir.mkdir(mode=0o700)
     rules = "# dbops pitr: the copy's own rules (docs/pitr.md)\nlocal all all trust\n"
     production = into / "pg_hba.conf"
     if production.exists():
