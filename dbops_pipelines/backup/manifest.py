@@ -61,8 +61,23 @@ def parse_backup_id(backup_id: str) -> tuple[str, datetime] | None:
     return m["target"], datetime.strptime(m["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
 
 
+class ManifestBody:
+    """A manifest dataclass as the JSON body of a sealed record, and back (logical and base backups)."""
+
+    def body(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_body(cls, data: bytes):
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("a manifest body is a JSON object")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in raw.items() if k in known})  # fields added later are ignored
+
+
 @dataclass
-class BackupManifest:
+class BackupManifest(ManifestBody):
     backup_id: str
     target: str
     kind: str                       # full | schema | tables
@@ -100,16 +115,6 @@ class BackupManifest:
     def partial(self) -> bool:
         return self.kind != "full"
 
-    def body(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
-
-    @classmethod
-    def from_body(cls, data: bytes) -> "BackupManifest":
-        raw = json.loads(data)
-        if not isinstance(raw, dict):
-            raise ValueError("a manifest body is a JSON object")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})  # fields added later are ignored
 
 
 def seal_manifest(manifest: BackupManifest, key: BackupKey) -> bytes:

@@ -3,13 +3,12 @@ that makes the base backup valid (see the package docstring)."""
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from dbops_pipelines.backup.crypto import BackupKey, open_record, seal_record
-from dbops_pipelines.backup.manifest import new_backup_id
+from dbops_pipelines.backup.manifest import ManifestBody, new_backup_id
 from dbops_pipelines.errors import IntegrityError
 from dbops_pipelines.wal.naming import base_backup_prefix, cluster_prefix
 
@@ -55,7 +54,7 @@ def lease_key(cluster: str, backup_id: str) -> str:
 
 
 @dataclass
-class BaseBackupManifest:
+class BaseBackupManifest(ManifestBody):
     backup_id: str
     cluster: str                    # the config's name of the cluster (a key of clusters, or host:port)
     target: str                     # the target it was taken through (its DSN, its backup role)
@@ -96,16 +95,6 @@ class BaseBackupManifest:
     def duration_seconds(self) -> float:
         return (datetime.fromisoformat(self.finished_at) - datetime.fromisoformat(self.started_at)).total_seconds()
 
-    def body(self) -> bytes:
-        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
-
-    @classmethod
-    def from_body(cls, data: bytes) -> "BaseBackupManifest":
-        raw = json.loads(data)
-        if not isinstance(raw, dict):
-            raise ValueError("a manifest body is a JSON object")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in raw.items() if k in known})  # fields added later are ignored
 
 
 def _binding(cluster_folder: str, backup_id: str) -> str:
